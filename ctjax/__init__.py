@@ -1,0 +1,33 @@
+"""ctjax: consistency training for diffusion models in pure JAX, with the exact probability flow
+as ground truth."""
+
+import importlib.metadata
+
+from ._flow import (
+    denoiser as denoiser,
+    flow_map as flow_map,
+    gaussian_flow_map as gaussian_flow_map,
+    score as score,
+    velocity as velocity,
+)
+from ._schedules import (
+    AbstractSchedule as AbstractSchedule,
+    DiscreteVP as DiscreteVP,
+    LinearInterpolant as LinearInterpolant,
+    TrigFlow as TrigFlow,
+    VarianceExploding as VarianceExploding,
+    VariancePreserving as VariancePreserving,
+    karras_noise_levels as karras_noise_levels,
+)
+from ._targets import (
+    AbstractTarget as AbstractTarget,
+    Empirical as Empirical,
+    Gaussian as Gaussian,
+    GaussianMixture as GaussianMixture,
+)
+
+
+try:
+    __version__ = importlib.metadata.version("ctjax")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+local"

@@ -1,0 +1,120 @@
+"""The abstract Gaussian interpolant x_t = alpha(t) x0 + sigma(t) z."""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from .._misc import is_concrete
+
+
+def vp_coefficients(log_noise: ArrayLike) -> tuple[Array, Array]:
+    """(cos theta, sin theta) with tan theta = exp(log_noise): the variance-preserving pair
+    with the same noise level. Stable at log_noise = -inf (1, 0) and +inf (0, 1)."""
+    lam = jnp.asarray(log_noise)
+    return jnp.exp(-0.5 * jax.nn.softplus(2 * lam)), jnp.exp(-0.5 * jax.nn.softplus(-2 * lam))
+
+
+def karras_noise_levels(noise_min: ArrayLike, noise_max: ArrayLike, num: int, rho: float = 7.0) -> Array:
+    """Karras et al.'s rho-grid of `num` noise levels, ascending from `noise_min` to `noise_max`:
+
+    $n_i = (n_{min}^{1/\\rho} + \\tfrac{i}{N-1}(n_{max}^{1/\\rho} - n_{min}^{1/\\rho}))^\\rho$.
+    """
+    if int(num) < 2:
+        raise ValueError(f"`num` must be at least 2, got {num}.")
+    if is_concrete((noise_min, noise_max)) and not (0 <= float(noise_min) < float(noise_max) < float("inf")):
+        raise ValueError(
+            f"Need 0 <= noise_min < noise_max < inf, got noise_min={float(noise_min)}, "
+            f"noise_max={float(noise_max)}."
+        )
+    frac = jnp.linspace(0.0, 1.0, int(num))
+    lo = jnp.asarray(noise_min) ** (1.0 / rho)
+    hi = jnp.asarray(noise_max) ** (1.0 / rho)
+    levels = (lo + frac * (hi - lo)) ** rho
+    # Pin the ends exactly: the boundary condition and the curriculum tests rely on them.
+    return levels.at[0].set(noise_min).at[-1].set(noise_max)
+
+
+class AbstractSchedule(eqx.Module):
+    """A Gaussian interpolant $x_t = \\alpha(t) x_0 + \\sigma(t) z$, data at `t_min`, noise at `t_max`.
+
+    Every schedule reduces to the variance-exploding one through $y = x/\\alpha$ with noise level
+    $n = \\sigma/\\alpha$; ctjax's ground truth only needs the log noise level
+    $\\lambda(t) = \\log(\\sigma(t)/\\alpha(t))$ and its inverse.
+    """
+
+    @property
+    @abc.abstractmethod
+    def t_min(self) -> float | Array:
+        """The data end of the time range."""
+
+    @property
+    @abc.abstractmethod
+    def t_max(self) -> float | Array:
+        """The noise end of the time range."""
+
+    @abc.abstractmethod
+    def alpha(self, t: ArrayLike) -> Array:
+        """Signal coefficient $\\alpha(t)$."""
+
+    @abc.abstractmethod
+    def sigma(self, t: ArrayLike) -> Array:
+        """Noise coefficient $\\sigma(t)$."""
+
+    @abc.abstractmethod
+    def time_at_log_noise(self, log_noise: ArrayLike) -> Array:
+        """The time $t$ with $\\log(\\sigma/\\alpha)(t)$ = `log_noise`, clipped to [t_min, t_max]."""
+
+    def log_noise(self, t: ArrayLike) -> Array:
+        """$\\lambda(t) = \\log \\sigma(t) - \\log \\alpha(t)$; $-\\infty$ where $\\sigma = 0$, $+\\infty$ where $\\alpha = 0$."""
+        return jnp.log(self.sigma(t)) - jnp.log(self.alpha(t))
+
+    def noise(self, t: ArrayLike) -> Array:
+        """The variance-exploding noise level $\\sigma(t)/\\alpha(t)$."""
+        return jnp.exp(self.log_noise(t))
+
+    def time_at_noise(self, noise: ArrayLike) -> Array:
+        """Inverse of `noise`: the time whose noise level $\\sigma/\\alpha$ is `noise`."""
+        return self.time_at_log_noise(jnp.log(noise))
+
+    def coefficients(self, t: ArrayLike) -> tuple[Array, Array, Array, Array]:
+        """$(\\alpha, \\sigma, \\dot\\alpha, \\dot\\sigma)$ at `t`, derivatives by one `jax.jvp`."""
+        t = jnp.asarray(t)
+        (a, s), (da, ds) = jax.jvp(lambda u: (self.alpha(u), self.sigma(u)), (t,), (jnp.ones_like(t),))
+        return a, s, da, ds
+
+    def uniform_grid(self, num: int) -> Float[Array, " num"]:
+        """`num` equally spaced times from `t_min` to `t_max`."""
+        if int(num) < 2:
+            raise ValueError(f"`num` must be at least 2, got {num}.")
+        return jnp.linspace(self.t_min, self.t_max, int(num))
+
+    def karras_grid(
+        self, num: int, rho: float = 7.0, noise_min: ArrayLike | None = None, noise_max: ArrayLike | None = None
+    ) -> Float[Array, " num"]:
+        """Times of the Karras rho-grid in noise level, ascending; the ends default to the
+        schedule's noise levels at `t_min` and `t_max` (pass them where those are 0 or infinite)."""
+        pin_min, pin_max = noise_min is None, noise_max is None
+        if noise_min is None:
+            noise_min = self.noise(self.t_min)
+        if noise_max is None:
+            noise_max = self.noise(self.t_max)
+            if is_concrete(noise_max) and not bool(jnp.isfinite(noise_max)):
+                raise ValueError(
+                    f"{type(self).__name__} has infinite noise level at t_max; pass a finite `noise_max`."
+                )
+        times = jnp.clip(self.time_at_noise(karras_noise_levels(noise_min, noise_max, num, rho)), self.t_min, self.t_max)
+        # The inverse map rounds; the ends of the default grid are the schedule's ends exactly.
+        if pin_min:
+            times = times.at[0].set(self.t_min)
+        if pin_max:
+            times = times.at[-1].set(self.t_max)
+        return times
+
+    def __check_init__(self):
+        if is_concrete((self.t_min, self.t_max)) and not float(self.t_min) < float(self.t_max):
+            raise ValueError(
+                f"{type(self).__name__}: need t_min < t_max, got [{float(self.t_min)}, {float(self.t_max)}]."
+            )

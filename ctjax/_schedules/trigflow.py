@@ -1,0 +1,45 @@
+"""TrigFlow (Lu and Song 2024)."""
+
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike
+
+from .._custom_types import RealScalarLike
+from .._misc import is_concrete
+from .base import AbstractSchedule
+
+
+class TrigFlow(AbstractSchedule):
+    """$x_t = \\cos(t) x_0 + \\sin(t) \\sigma_d z$ for $t \\in [0, \\pi/2]$ (sCM's TrigFlow).
+
+    The noise level is $\\sigma_d \\tan t$; EDM's $\\sigma$ corresponds to $t = \\arctan(\\sigma/\\sigma_d)$.
+    """
+
+    sigma_data: RealScalarLike = 0.5
+
+    def __check_init__(self):
+        if is_concrete(self.sigma_data) and not float(self.sigma_data) > 0.0:
+            raise ValueError(f"TrigFlow needs sigma_data > 0, got {float(self.sigma_data)}.")
+
+    @property
+    def t_min(self) -> float:
+        return 0.0
+
+    @property
+    def t_max(self) -> float:
+        return float(jnp.pi / 2)
+
+    def alpha(self, t: ArrayLike) -> Array:
+        # cos(pi/2) rounds to a tiny negative number in float32; the signal coefficient is >= 0.
+        return jnp.maximum(jnp.cos(jnp.asarray(t)), 0.0)
+
+    def sigma(self, t: ArrayLike) -> Array:
+        return self.sigma_data * jnp.sin(jnp.asarray(t))
+
+    def time_at_log_noise(self, log_noise: ArrayLike) -> Array:
+        return jnp.clip(jnp.arctan(jnp.exp(jnp.asarray(log_noise)) / self.sigma_data), 0.0, self.t_max)
+
+
+TrigFlow.__init__.__doc__ = """**Arguments:**
+
+- `sigma_data`: the data standard deviation $\\sigma_d$ (0.5 in sCM).
+"""
