@@ -9,9 +9,8 @@ nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["lint", "tests", "property_tests", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
-# Two workers on the 2-core CI machine; whole files per worker so that each file's jitted
-# functions compile once.
-XDIST = ["-n", "2", "--dist", "loadfile"]
+# Two workers for the 2-core CI machine; compile time dominates, so the split is per test.
+XDIST = ["-n", "2", "--dist", "load"]
 
 
 @nox.session

@@ -3,6 +3,7 @@ as ground truth."""
 
 import importlib.metadata
 
+from . import metrics as metrics, presets as presets
 from ._flow import (
     denoiser as denoiser,
     flow_map as flow_map,
@@ -13,11 +14,11 @@ from ._flow import (
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,
     DiscreteVP as DiscreteVP,
+    karras_noise_levels as karras_noise_levels,
     LinearInterpolant as LinearInterpolant,
     TrigFlow as TrigFlow,
     VarianceExploding as VarianceExploding,
     VariancePreserving as VariancePreserving,
-    karras_noise_levels as karras_noise_levels,
 )
 from ._targets import (
     AbstractTarget as AbstractTarget,

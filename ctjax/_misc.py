@@ -11,7 +11,7 @@ import numpy as np
 def is_concrete(x: Any) -> bool:
     """True when `x` holds a value now (not a tracer inside jit/vmap/grad)."""
     leaves = jax.tree_util.tree_leaves(x)
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def float_dtype(*xs: Any):

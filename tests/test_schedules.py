@@ -35,7 +35,11 @@ def _li_huang_wei_betas(T, c0, c1):
     return np.array(betas)
 
 
-@pytest.mark.parametrize("schedule", [s for s in all_schedules() if not isinstance(s, ctjax.DiscreteVP)], ids=["linear", "ve", "vp", "trigflow"])
+@pytest.mark.parametrize(
+    "schedule",
+    [s for s in all_schedules() if not isinstance(s, ctjax.DiscreteVP)],
+    ids=["linear", "ve", "vp", "trigflow"],
+)
 def test_alpha_sigma_match_definitions(schedule):
     ts = np.linspace(float(schedule.t_min), float(schedule.t_max), 17)[1:-1]
     a_ref, s_ref = _numpy_alpha_sigma(schedule, ts)
@@ -76,7 +80,9 @@ def test_log_noise_inverse_round_trip(schedule):
     ts = jnp.asarray([time_at_fraction(schedule, f) for f in (0.013, 0.2, 0.5, 0.77, 0.97)])
     back = jax.vmap(schedule.time_at_log_noise)(jax.vmap(schedule.log_noise)(ts))
     assert_close(back, ts, rtol=1e-10, atol=1e-12)
-    assert_close(jax.vmap(schedule.noise)(ts), jax.vmap(lambda t: schedule.sigma(t) / schedule.alpha(t))(ts), rtol=1e-12)
+    assert_close(
+        jax.vmap(schedule.noise)(ts), jax.vmap(lambda t: schedule.sigma(t) / schedule.alpha(t))(ts), rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("schedule", all_schedules(), ids=schedule_ids())

@@ -44,20 +44,30 @@ def test_gaussian_and_mixture_log_prob_match_scipy(a, s):
     g = gaussian_2d()
     m = mixture_2d()
     for x in POINTS:
-        ref = scipy.stats.multivariate_normal(a * np.asarray(g.loc), a**2 * np.asarray(g.cov) + s**2 * np.eye(2)).logpdf(x)
+        ref = scipy.stats.multivariate_normal(
+            a * np.asarray(g.loc), a**2 * np.asarray(g.cov) + s**2 * np.eye(2)
+        ).logpdf(x)
         assert_close(g.marginal_log_prob(jnp.asarray(x), a, s), ref, rtol=1e-12)
         assert_close(m.marginal_log_prob(jnp.asarray(x), a, s), _numpy_mixture_log_prob(m, x, a, s), rtol=1e-12)
-        assert_close(m.posterior_mean(jnp.asarray(x), a, s), _numpy_mixture_posterior_mean(m, x, a, s), rtol=1e-10, atol=1e-12)
+        assert_close(
+            m.posterior_mean(jnp.asarray(x), a, s), _numpy_mixture_posterior_mean(m, x, a, s), rtol=1e-10, atol=1e-12
+        )
 
 
 def test_data_log_prob_and_moments():
     g, m = gaussian_2d(), mixture_2d()
     x = jnp.asarray(POINTS[0])
-    assert_close(g.log_prob(x), scipy.stats.multivariate_normal(np.asarray(g.loc), np.asarray(g.cov)).logpdf(POINTS[0]), rtol=1e-12)
+    assert_close(
+        g.log_prob(x),
+        scipy.stats.multivariate_normal(np.asarray(g.loc), np.asarray(g.cov)).logpdf(POINTS[0]),
+        rtol=1e-12,
+    )
     assert_close(m.log_prob(x), _numpy_mixture_log_prob(m, POINTS[0], 1.0, 0.0), rtol=1e-12)
     w = np.asarray(m.weights)
     mu = w @ np.asarray(m.means)
-    second = sum(wk * (np.asarray(c) + np.outer(mk, mk)) for wk, mk, c in zip(w, np.asarray(m.means), np.asarray(m.covs)))
+    second = sum(
+        wk * (np.asarray(c) + np.outer(mk, mk)) for wk, mk, c in zip(w, np.asarray(m.means), np.asarray(m.covs))
+    )
     assert_close(m.mean(), mu, rtol=1e-12, atol=1e-15)
     assert_close(m.covariance(), second - np.outer(mu, mu), rtol=1e-12, atol=1e-14)
     e = empirical_2d()
@@ -192,10 +202,18 @@ def test_precision_follows_the_query():
         (lambda: ctjax.Gaussian(jnp.zeros(2), jnp.array([[1.0, 0.0], [0.0, jnp.inf]])), ValueError, "NaN or infinite"),
         (lambda: ctjax.Gaussian(jnp.zeros(2), "cov"), TypeError, "cov"),
         (lambda: ctjax.GaussianMixture(jnp.array([0.5, 0.6]), jnp.zeros((2, 2)), jnp.ones(2)), ValueError, "sum to 1"),
-        (lambda: ctjax.GaussianMixture(jnp.array([1.5, -0.5]), jnp.zeros((2, 2)), jnp.ones(2)), ValueError, "non-negative"),
+        (
+            lambda: ctjax.GaussianMixture(jnp.array([1.5, -0.5]), jnp.zeros((2, 2)), jnp.ones(2)),
+            ValueError,
+            "non-negative",
+        ),
         (lambda: ctjax.GaussianMixture(jnp.array([0.5, 0.5]), jnp.zeros((3, 2)), jnp.ones(3)), ValueError, "`means`"),
         (lambda: ctjax.GaussianMixture(jnp.array([0.5, 0.5]), jnp.zeros((2, 2)), jnp.ones(3)), ValueError, "`covs`"),
-        (lambda: ctjax.GaussianMixture(jnp.array([0.5, 0.5]), jnp.zeros((2, 2)), jnp.array([1.0, -1.0])), ValueError, "covs\\[1\\].*positive definite"),
+        (
+            lambda: ctjax.GaussianMixture(jnp.array([0.5, 0.5]), jnp.zeros((2, 2)), jnp.array([1.0, -1.0])),
+            ValueError,
+            "covs\\[1\\].*positive definite",
+        ),
         (lambda: ctjax.Empirical(jnp.zeros((0, 2))), ValueError, "non-empty"),
         (lambda: ctjax.Empirical(jnp.zeros(5)), ValueError, "\\(N, d\\)"),
         (lambda: ctjax.Empirical(jnp.array([[0.0, jnp.nan]])), ValueError, "NaN"),

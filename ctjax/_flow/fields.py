@@ -16,12 +16,14 @@ def _coefficients(schedule: AbstractSchedule, t, x, with_derivatives: bool = Fal
     return tuple(jnp.asarray(c).astype(x.dtype) for c in coeffs)
 
 
-def _prepare(target, schedule, t, x):
+def _prepare(target, schedule, t, x, time_name: str = "t"):
     if not isinstance(target, AbstractTarget):
-        raise TypeError(f"`target` must be a ctjax target (Gaussian, GaussianMixture, Empirical), got {type(target).__name__}.")
+        raise TypeError(
+            f"`target` must be a ctjax target (Gaussian, GaussianMixture, Empirical), got {type(target).__name__}."
+        )
     if not isinstance(schedule, AbstractSchedule):
         raise TypeError(f"`schedule` must be a ctjax schedule, got {type(schedule).__name__}.")
-    return check_time(schedule, t, "t"), check_point(x, target.dim)
+    return check_time(schedule, t, time_name), check_point(x, target.dim)
 
 
 def denoiser(target: AbstractTarget, schedule: AbstractSchedule, t: ArrayLike, x: ArrayLike) -> Float[Array, " dim"]:

@@ -23,6 +23,9 @@ def _log_noise_field(lam, xt, target: AbstractTarget):
 _TERM = dfx.ODETerm(_log_noise_field)
 
 DEFAULT_LOG_NOISE_RANGE = (-27.6, 27.6)  # noise levels 1e-12 .. 1e12
+DEFAULT_SOLVER = dfx.Dopri8()
+# DirectAdjoint supports forward and reverse mode (jax.jacfwd and jax.grad) at the same primal speed.
+DEFAULT_ADJOINT = dfx.DirectAdjoint()
 
 
 def flow_map(
@@ -34,9 +37,9 @@ def flow_map(
     *,
     rtol: float = 1e-8,
     atol: float = 1e-8,
-    solver: dfx.AbstractAdaptiveSolver = dfx.Dopri8(),
+    solver: dfx.AbstractAdaptiveSolver = DEFAULT_SOLVER,
     max_steps: int = 4096,
-    adjoint: dfx.AbstractAdjoint = dfx.DirectAdjoint(),
+    adjoint: dfx.AbstractAdjoint = DEFAULT_ADJOINT,
     log_noise_range: tuple[float, float] = DEFAULT_LOG_NOISE_RANGE,
 ) -> Float[Array, " dim"]:
     """The exact probability-flow map $\\Phi_{t_{from} \\to t_{to}}(x)$ for one point `x`.
@@ -60,8 +63,8 @@ def flow_map(
     - `solver`, `max_steps`, `adjoint`: passed to `diffrax.diffeqsolve`.
     - `log_noise_range`: where to cut off $\\lambda$ at the ends.
     """
-    t_from, x = _prepare(target, schedule, t_from, x)
-    t_to, _ = _prepare(target, schedule, t_to, x)
+    t_from, x = _prepare(target, schedule, t_from, x, "t_from")
+    t_to, _ = _prepare(target, schedule, t_to, x, "t_to")
     lo, hi = log_noise_range
     lam_from = jnp.clip(schedule.log_noise(t_from), lo, hi).astype(x.dtype)
     lam_to = jnp.clip(schedule.log_noise(t_to), lo, hi).astype(x.dtype)

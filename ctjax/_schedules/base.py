@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._custom_types import RealScalarLike
 from .._misc import is_concrete
 
 
@@ -17,7 +18,7 @@ def vp_coefficients(log_noise: ArrayLike) -> tuple[Array, Array]:
     return jnp.exp(-0.5 * jax.nn.softplus(2 * lam)), jnp.exp(-0.5 * jax.nn.softplus(-2 * lam))
 
 
-def karras_noise_levels(noise_min: ArrayLike, noise_max: ArrayLike, num: int, rho: float = 7.0) -> Array:
+def karras_noise_levels(noise_min: RealScalarLike, noise_max: RealScalarLike, num: int, rho: float = 7.0) -> Array:
     """Karras et al.'s rho-grid of `num` noise levels, ascending from `noise_min` to `noise_max`:
 
     $n_i = (n_{min}^{1/\\rho} + \\tfrac{i}{N-1}(n_{max}^{1/\\rho} - n_{min}^{1/\\rho}))^\\rho$.
@@ -26,8 +27,7 @@ def karras_noise_levels(noise_min: ArrayLike, noise_max: ArrayLike, num: int, rh
         raise ValueError(f"`num` must be at least 2, got {num}.")
     if is_concrete((noise_min, noise_max)) and not (0 <= float(noise_min) < float(noise_max) < float("inf")):
         raise ValueError(
-            f"Need 0 <= noise_min < noise_max < inf, got noise_min={float(noise_min)}, "
-            f"noise_max={float(noise_max)}."
+            f"Need 0 <= noise_min < noise_max < inf, got noise_min={float(noise_min)}, noise_max={float(noise_max)}."
         )
     frac = jnp.linspace(0.0, 1.0, int(num))
     lo = jnp.asarray(noise_min) ** (1.0 / rho)
@@ -47,12 +47,12 @@ class AbstractSchedule(eqx.Module):
 
     @property
     @abc.abstractmethod
-    def t_min(self) -> float | Array:
+    def t_min(self) -> RealScalarLike:
         """The data end of the time range."""
 
     @property
     @abc.abstractmethod
-    def t_max(self) -> float | Array:
+    def t_max(self) -> RealScalarLike:
         """The noise end of the time range."""
 
     @abc.abstractmethod
@@ -92,7 +92,11 @@ class AbstractSchedule(eqx.Module):
         return jnp.linspace(self.t_min, self.t_max, int(num))
 
     def karras_grid(
-        self, num: int, rho: float = 7.0, noise_min: ArrayLike | None = None, noise_max: ArrayLike | None = None
+        self,
+        num: int,
+        rho: float = 7.0,
+        noise_min: RealScalarLike | None = None,
+        noise_max: RealScalarLike | None = None,
     ) -> Float[Array, " num"]:
         """Times of the Karras rho-grid in noise level, ascending; the ends default to the
         schedule's noise levels at `t_min` and `t_max` (pass them where those are 0 or infinite)."""
@@ -102,10 +106,10 @@ class AbstractSchedule(eqx.Module):
         if noise_max is None:
             noise_max = self.noise(self.t_max)
             if is_concrete(noise_max) and not bool(jnp.isfinite(noise_max)):
-                raise ValueError(
-                    f"{type(self).__name__} has infinite noise level at t_max; pass a finite `noise_max`."
-                )
-        times = jnp.clip(self.time_at_noise(karras_noise_levels(noise_min, noise_max, num, rho)), self.t_min, self.t_max)
+                raise ValueError(f"{type(self).__name__} has infinite noise level at t_max; pass a finite `noise_max`.")
+        times = jnp.clip(
+            self.time_at_noise(karras_noise_levels(noise_min, noise_max, num, rho)), self.t_min, self.t_max
+        )
         # The inverse map rounds; the ends of the default grid are the schedule's ends exactly.
         if pin_min:
             times = times.at[0].set(self.t_min)

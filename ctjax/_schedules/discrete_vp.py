@@ -35,14 +35,15 @@ class DiscreteVP(AbstractSchedule):
             lab = np.asarray(log_alpha_bar)
             if not np.all(np.isfinite(lab)) or not np.all(lab < 0) or not np.all(np.diff(lab) < 0):
                 raise ValueError(
-                    "`log_alpha_bar` must be finite, negative and strictly decreasing "
-                    "(every beta_k in (0, 1))."
+                    "`log_alpha_bar` must be finite, negative and strictly decreasing (every beta_k in (0, 1))."
                 )
         self.log_alpha_bar = log_alpha_bar
         self.interpolation = interpolation
 
     @classmethod
-    def from_betas(cls, betas: ArrayLike, interpolation: Literal["log_alpha_bar", "log_snr"] = "log_alpha_bar") -> "DiscreteVP":
+    def from_betas(
+        cls, betas: ArrayLike, interpolation: Literal["log_alpha_bar", "log_snr"] = "log_alpha_bar"
+    ) -> "DiscreteVP":
         """The process with per-step variances `betas` ($\\beta_1, \\dots, \\beta_T$, each in (0, 1))."""
         b = np.asarray(betas, dtype=np.float64)
         if b.ndim != 1 or not np.all((b > 0) & (b < 1)):
@@ -51,7 +52,11 @@ class DiscreteVP(AbstractSchedule):
 
     @classmethod
     def li_huang_wei(
-        cls, num_steps: int, c0: float = 2.0, c1: float = 4.0, interpolation: Literal["log_alpha_bar", "log_snr"] = "log_alpha_bar"
+        cls,
+        num_steps: int,
+        c0: float = 2.0,
+        c1: float = 4.0,
+        interpolation: Literal["log_alpha_bar", "log_snr"] = "log_alpha_bar",
     ) -> "DiscreteVP":
         """Li, Huang and Wei's schedule (their eq. (23)):
         $\\beta_1 = T^{-c_0}$, $\\beta_{k+1} = \\frac{c_1 \\log T}{T} \\min\\{\\beta_1 (1 + \\frac{c_1 \\log T}{T})^k, 1\\}$.

@@ -33,7 +33,7 @@ class TrigFlow(AbstractSchedule):
         return jnp.maximum(jnp.cos(jnp.asarray(t)), 0.0)
 
     def sigma(self, t: ArrayLike) -> Array:
-        return self.sigma_data * jnp.sin(jnp.asarray(t))
+        return jnp.asarray(self.sigma_data * jnp.sin(jnp.asarray(t)))
 
     def time_at_log_noise(self, log_noise: ArrayLike) -> Array:
         return jnp.clip(jnp.arctan(jnp.exp(jnp.asarray(log_noise)) / self.sigma_data), 0.0, self.t_max)

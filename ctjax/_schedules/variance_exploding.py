@@ -1,6 +1,5 @@
 """The variance-exploding (EDM) schedule."""
 
-import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
@@ -23,8 +22,7 @@ class VarianceExploding(AbstractSchedule):
             lo, hi = float(self.sigma_min), float(self.sigma_max)
             if not (0.0 <= lo < hi < float("inf")):
                 raise ValueError(
-                    "VarianceExploding needs 0 <= sigma_min < sigma_max < inf, "
-                    f"got sigma_min={lo}, sigma_max={hi}."
+                    f"VarianceExploding needs 0 <= sigma_min < sigma_max < inf, got sigma_min={lo}, sigma_max={hi}."
                 )
 
     @property

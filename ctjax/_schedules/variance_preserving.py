@@ -41,7 +41,7 @@ class VariancePreserving(AbstractSchedule):
     def integrated_beta(self, t: ArrayLike) -> Array:
         """$B(t) = \\int_0^t \\beta$, so that $\\bar\\alpha(t) = e^{-B(t)}$."""
         t = jnp.asarray(t)
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+        return jnp.asarray(self.beta_min * t + 0.5 * (jnp.asarray(self.beta_max) - self.beta_min) * t**2)
 
     def alpha(self, t: ArrayLike) -> Array:
         return jnp.exp(-0.5 * self.integrated_beta(t))
@@ -55,7 +55,7 @@ class VariancePreserving(AbstractSchedule):
     def time_at_log_noise(self, log_noise: ArrayLike) -> Array:
         big_b = jax.nn.softplus(2 * jnp.asarray(log_noise))  # B = log(1 + n^2)
         # Root of beta_min t + (db/2) t^2 = B, in the form that is stable for db -> 0.
-        db = self.beta_max - self.beta_min
+        db = jnp.asarray(self.beta_max) - self.beta_min
         t = 2 * big_b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2 * db * big_b))
         return jnp.clip(t, self.t_start, self.t_end)
 

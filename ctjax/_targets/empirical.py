@@ -81,12 +81,14 @@ class Empirical(AbstractTarget):
         return jax.nn.softmax(self._logits(x, alpha, sigma)[2])
 
     def posterior_mean(self, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike) -> Float[Array, " dim"]:
+        sigma = jnp.asarray(sigma)
         x, points, logits = self._logits(x, alpha, sigma)
         mean = jax.nn.softmax(logits) @ points
         # At zero noise x is a data point itself: x0 = x / alpha.
         return jnp.where(sigma > 0, mean, x / alpha)
 
     def posterior_covariance(self, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike) -> Float[Array, "dim dim"]:
+        sigma = jnp.asarray(sigma)
         x, points, logits = self._logits(x, alpha, sigma)
         w = jax.nn.softmax(logits)
         centred = points - (w @ points)[None, :]
@@ -102,11 +104,11 @@ class Empirical(AbstractTarget):
     def marginal_score(self, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike) -> Float[Array, " dim"]:
         self._require_noise(sigma, "marginal_score")
         x = cast_like(x)[0]
-        return (alpha * self.posterior_mean(x, alpha, sigma) - x) / sigma**2
+        return jnp.asarray((alpha * self.posterior_mean(x, alpha, sigma) - x) / jnp.asarray(sigma) ** 2)
 
     @staticmethod
     def _require_noise(sigma, what: str) -> None:
-        if is_concrete(sigma) and not float(sigma) > 0:
+        if is_concrete(sigma) and not float(jnp.asarray(sigma)) > 0:
             raise ValueError(
                 f"Empirical.{what} needs sigma > 0: a Dirac mixture has no density (nor score) at zero "
                 "noise; evaluate it at a positive noise level."

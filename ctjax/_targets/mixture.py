@@ -76,7 +76,9 @@ class GaussianMixture(AbstractTarget):
     def covariance(self) -> Float[Array, "dim dim"]:
         m = self.mean()
         centred = self.means - m[None, :]
-        return jnp.einsum("k,kij->ij", self.weights, self.covs) + jnp.einsum("k,ki,kj->ij", self.weights, centred, centred)
+        return jnp.einsum("k,kij->ij", self.weights, self.covs) + jnp.einsum(
+            "k,ki,kj->ij", self.weights, centred, centred
+        )
 
     def marginal(self, alpha: ArrayLike, sigma: ArrayLike) -> "GaussianMixture":
         """The law of $\\alpha x_0 + \\sigma z$, again a Gaussian mixture."""

@@ -1,0 +1,51 @@
+"""Standard targets used by the experiments, benchmarks and documentation."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from ._targets import Empirical, Gaussian, GaussianMixture
+
+
+def gmm2d(radius: float = 2.0, tangential_std: float = 0.3, radial_std: float = 0.1) -> GaussianMixture:
+    """Eight anisotropic Gaussians on a circle, with unequal weights and full covariances.
+
+    Component k sits at angle 2 pi k / 8, elongated along the circle; weights are proportional to
+    1 + 0.5 cos(2 pi k / 8), so no symmetry makes a wrong model look right.
+    """
+    angles = 2 * np.pi * np.arange(8) / 8
+    means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    tangent = np.stack([-np.sin(angles), np.cos(angles)], axis=1)
+    radial = means / radius
+    covs = tangential_std**2 * np.einsum("ki,kj->kij", tangent, tangent) + radial_std**2 * np.einsum(
+        "ki,kj->kij", radial, radial
+    )
+    weights = 1 + 0.5 * np.cos(angles)
+    return GaussianMixture(jnp.asarray(weights / weights.sum()), jnp.asarray(means), jnp.asarray(covs))
+
+
+def gaussian(dim: int, condition: float = 10.0, seed: int = 0) -> Gaussian:
+    """A d-dimensional Gaussian with a random rotation and eigenvalues spread log-uniformly over
+    [1/sqrt(condition), sqrt(condition)], mean of norm 1."""
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+    q = q * np.sign(np.diag(r))
+    eig = np.exp(np.linspace(-0.5, 0.5, dim) * np.log(condition)) if dim > 1 else np.ones(1)
+    mean = rng.standard_normal(dim)
+    mean = mean / np.linalg.norm(mean)
+    return Gaussian(jnp.asarray(mean), jnp.asarray((q * eig) @ q.T))
+
+
+def digits(scale: bool = True) -> Empirical:
+    """scikit-learn's bundled 8x8 digits (1797 images, 64 dimensions) as an Empirical target.
+
+    With `scale`, pixel values 0..16 are mapped to [-1, 1]. Needs scikit-learn (bundled data,
+    no download).
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("The digits preset needs scikit-learn: pip install scikit-learn") from err
+    data = np.asarray(load_digits(return_X_y=True)[0], dtype=np.float64)
+    if scale:
+        data = data / 8.0 - 1.0
+    return Empirical(jnp.asarray(data))

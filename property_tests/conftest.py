@@ -1,0 +1,21 @@
+"""Hypothesis profiles: `ci` (deterministic, bounded) by default; `thorough` for long runs.
+
+Select with CTJAX_HYPOTHESIS_PROFILE=thorough. Strategies vary values, not shapes, so each
+property compiles once per schedule family.
+"""
+
+import os
+
+import hypothesis
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_common = dict(deadline=None, print_blob=True, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.register_profile("ci", max_examples=20, derandomize=True, database=None, **_common)
+hypothesis.settings.register_profile("thorough", max_examples=300, **_common)
+hypothesis.settings.register_profile("dev", max_examples=5, derandomize=True, database=None, **_common)
+hypothesis.settings.load_profile(os.environ.get("CTJAX_HYPOTHESIS_PROFILE", "ci"))
