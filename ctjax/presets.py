@@ -38,13 +38,11 @@ def gaussian(dim: int, condition: float = 10.0, seed: int = 0) -> Gaussian:
 def digits(scale: bool = True) -> Empirical:
     """scikit-learn's bundled 8x8 digits (1797 images, 64 dimensions) as an Empirical target.
 
-    With `scale`, pixel values 0..16 are mapped to [-1, 1]. Needs scikit-learn (bundled data,
-    no download).
+    With `scale`, pixel values 0..16 are mapped to [-1, 1]. The data ship with scikit-learn
+    (no download).
     """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("The digits preset needs scikit-learn: pip install scikit-learn") from err
+    from sklearn.datasets import load_digits
+
     data = np.asarray(load_digits(return_X_y=True)[0], dtype=np.float64)
     if scale:
         data = data / 8.0 - 1.0
