@@ -3,7 +3,16 @@ as ground truth."""
 
 import importlib.metadata
 
-from . import metrics as metrics, presets as presets
+from . import metrics as metrics, presets as presets, theory as theory, training as training
+from ._consistency import (
+    AbstractConsistencyModel as AbstractConsistencyModel,
+    AbstractScalings as AbstractScalings,
+    ConsistencyFunction as ConsistencyFunction,
+    EDMScalings as EDMScalings,
+    ExactConsistencyFunction as ExactConsistencyFunction,
+    StagedConsistencyModel as StagedConsistencyModel,
+    TrigFlowScalings as TrigFlowScalings,
+)
 from ._flow import (
     denoiser as denoiser,
     flow_map as flow_map,
@@ -11,6 +20,25 @@ from ._flow import (
     score as score,
     velocity as velocity,
 )
+from ._losses import (
+    AbstractDistance as AbstractDistance,
+    AbstractWeighting as AbstractWeighting,
+    InverseDeltaWeighting as InverseDeltaWeighting,
+    L2 as L2,
+    PseudoHuber as PseudoHuber,
+    SquaredL2 as SquaredL2,
+    UniformWeighting as UniformWeighting,
+)
+from ._nets import (
+    AbstractEmbedding as AbstractEmbedding,
+    AbstractNetwork as AbstractNetwork,
+    ConvNet as ConvNet,
+    FourierEmbedding as FourierEmbedding,
+    LinearNet as LinearNet,
+    MLP as MLP,
+    SinusoidalEmbedding as SinusoidalEmbedding,
+)
+from ._sampling import sample as sample
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,
     DiscreteVP as DiscreteVP,

@@ -14,23 +14,6 @@ def is_concrete(x: Any) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)  # pyright: ignore[reportAttributeAccessIssue]
 
 
-def float_dtype(*xs: Any):
-    """The floating dtype that the arrays `xs` promote to, explicitly (strict-promotion safe).
-
-    Python scalars and weakly typed arrays do not widen the result; integers count as the
-    default float dtype.
-    """
-    dtype = None
-    for x in xs:
-        if isinstance(x, (int, float)) or (hasattr(x, "weak_type") and x.weak_type):
-            continue
-        dt = jnp.asarray(x).dtype
-        if not jnp.issubdtype(dt, jnp.floating):
-            continue
-        dtype = dt if dtype is None else jnp.promote_types(dtype, dt)
-    return jnp.result_type(float) if dtype is None else dtype
-
-
 def as_float_array(x: Any, name: str, dtype=None) -> jax.Array:
     """Convert to a floating JAX array; integers become the default float dtype."""
     try:

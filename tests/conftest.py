@@ -7,6 +7,15 @@ import pytest
 
 
 jax.config.update("jax_enable_x64", True)
+# One compilation cache for all test processes (xdist workers compile many identical programs).
+jax.config.update(
+    "jax_compilation_cache_dir",
+    os.environ.get("CTJAX_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")),
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# Test programs are small: compiling them fast matters more than running them fast.
+jax.config.update("jax_disable_most_optimizations", os.environ.get("CTJAX_OPTIMIZE_TESTS", "0") != "1")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

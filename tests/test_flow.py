@@ -122,12 +122,10 @@ def test_path_independence_across_schedules():
     target = mixture_2d()
     lam_from, lam_to = 1.2, -1.5
     results = []
-    for schedule in all_schedules():
+    for schedule in [ctjax.LinearInterpolant(), ctjax.VariancePreserving(), ctjax.TrigFlow(0.5)]:
         t0, t1 = schedule.time_at_log_noise(lam_from), schedule.time_at_log_noise(lam_to)
         r0 = jnp.hypot(schedule.alpha(t0), schedule.sigma(t0))
         r1 = jnp.hypot(schedule.alpha(t1), schedule.sigma(t1))
-        if isinstance(schedule, ctjax.DiscreteVP):
-            continue  # its grid does not contain these noise levels; checked below
         own = jax.jit(jax.vmap(lambda x: _own_time_flow(target, schedule, x * r0, t0, t1)))(XS)
         results.append(own / r1)
     for other in results[1:]:

@@ -1,0 +1,181 @@
+"""Sample quality of every trainer on the 2-D 8-component mixture under a fixed CPU budget.
+
+For each method: train for a wall-clock budget (steps calibrated from a short warm-up run so that
+curricula see their true total), then report the 1-step and 2-step W1 to fresh target samples, the
+finite-sample floor W1(data, data') at the same sample size, the W1 of exact-ODE samples from the
+same prior, and map_error per t against the exact flow. All W1 are exact (POT) on n points,
+averaged over repeats. Writes benchmarks/results/quality_gmm.json.
+
+    python benchmarks/quality_gmm.py [--budget 300] [--methods ct,ict,cd,staged_sequential,...]
+"""
+
+import argparse
+import json
+import pathlib
+import time
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+
+import ctjax
+from ctjax.presets import gmm2d
+from ctjax.training import fit, StagedConsistencyTraining
+
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+VE = ctjax.VarianceExploding(0.002, 80.0)
+CHUNK = 100
+
+
+def make_cm(key, sigma_data, width, depth, schedule=VE):
+    return ctjax.ConsistencyFunction(
+        ctjax.MLP(2, width=width, depth=depth, key=key), schedule, ctjax.EDMScalings(sigma_data)
+    )
+
+
+def method_specs(target, sigma_data):
+    """name -> (build(total_steps) -> (trainer, model), batch_size, two_step_times)."""
+    width, depth, batch = 256, 4, 512
+
+    def ct(total):
+        lr = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 200, total, 1e-5)
+        return ctjax.training.ct(optax.adam(lr), total, s0=10, s1=150, mu0=0.95, ema_rate=0.999), make_cm(
+            jr.key(0), sigma_data, width, depth
+        )
+
+    def ict(total):
+        lr = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 200, total, 1e-5)
+        return ctjax.training.ict(optax.adam(lr), total, s0=10, s1=640, p_mean=0.0, p_std=1.6, ema_rate=0.999), make_cm(
+            jr.key(0), sigma_data, width, depth
+        )
+
+    def cd(total):
+        lr = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 200, total, 1e-5)
+        teacher = ctjax.training.ExactVelocity(target, VE)
+        return ctjax.training.cd(optax.adam(lr), teacher, num_scales=40, mu=0.95, ema_rate=0.999), make_cm(
+            jr.key(0), sigma_data, width, depth
+        )
+
+    li = ctjax.DiscreteVP.li_huang_wei(64, 2.0, 4.0)
+
+    def staged(mode):
+        def build(total):
+            stages = li.num_steps
+            per_stage = max(1, total // (stages - 1)) if mode == "sequential" else total
+            lr = (
+                optax.exponential_decay(1e-3, per_stage, 0.05)
+                if mode == "sequential"
+                else optax.warmup_cosine_decay_schedule(0.0, 1e-3, 200, total, 1e-5)
+            )
+            trainer = StagedConsistencyTraining(optax.adam(lr), mode, steps_per_stage=per_stage)
+            model = ctjax.StagedConsistencyModel.init(
+                lambda k: ctjax.MLP(2, width=64, depth=2, key=k),
+                li,
+                scalings=ctjax.EDMScalings(sigma_data),
+                key=jr.key(0),
+            )
+            return trainer, model
+
+        return build
+
+    def staged_shared(total):
+        lr = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 200, total, 1e-5)
+        trainer = ctjax.training.staged_shared(optax.adam(lr), li.stage_times(), ema_rate=0.999)
+        return trainer, make_cm(jr.key(0), sigma_data, width, depth, schedule=li)
+
+    ve_two = jnp.array([80.0, 0.8])
+    li_two = jnp.array([64.0, float(li.time_at_noise(0.8))])
+    return {
+        "staged_sequential": (staged("sequential"), batch, li_two),
+        "staged_simultaneous": (staged("simultaneous"), 64, li_two),
+        "staged_shared": (staged_shared, batch, li_two),
+        "ct": (ct, batch, ve_two),
+        "ict": (ict, batch, ve_two),
+        "cd_exact": (cd, batch, ve_two),
+    }
+
+
+def mean_w1(x_fn, refs):
+    return float(np.mean([ctjax.metrics.wasserstein1(x_fn(r), ref) for r, ref in enumerate(refs)]))
+
+
+def run_method(name, build, batch, two_step, target, budget, n, repeats):
+    # Calibrate throughput on a short run (compile excluded), then train for the budget.
+    trainer, model = build(1000)
+    state = trainer.init(model, key=jr.key(1))
+    state, _ = fit(trainer, state, target, num_steps=CHUNK, batch_size=batch, chunk_size=CHUNK, progress=False)
+    start = time.perf_counter()
+    state, _ = fit(trainer, state, target, num_steps=2 * CHUNK, batch_size=batch, chunk_size=CHUNK, progress=False)
+    rate = 2 * CHUNK / (time.perf_counter() - start)
+    total = max(200, int(rate * budget * 0.9))
+    if name == "staged_sequential":
+        total = max(total, 63)
+    trainer, model = build(total)
+    state = trainer.init(model, key=jr.key(1))
+    start = time.perf_counter()
+    num_steps = trainer.total_steps(model) if isinstance(trainer, StagedConsistencyTraining) else total
+    state, history = fit(trainer, state, target, num_steps=num_steps, batch_size=batch, chunk_size=CHUNK, progress=True)
+    seconds = time.perf_counter() - start
+    model = trainer.result(state)
+    refs = [target.sample(jr.key(100 + r), n) for r in range(repeats)]
+    one = mean_w1(lambda r: ctjax.sample(model, n, key=jr.key(200 + r)), refs)
+    two = mean_w1(lambda r: ctjax.sample(model, n, times=two_step, key=jr.key(300 + r)), refs)
+    ts = np.asarray(
+        model.schedule.karras_grid(6, noise_max=min(80.0, float(model.schedule.noise(model.schedule.t_max))))
+    )[1:]
+    errors = ctjax.metrics.map_error(model, target, jnp.asarray(ts), num_points=500, key=jr.key(7))
+    return {
+        "w1_1step": one,
+        "w1_2step": two,
+        "seconds": seconds,
+        "steps": int(num_steps),
+        "steps_per_s": num_steps / seconds,
+        "final_loss": float(np.mean(history["loss"][-200:])),
+        "map_error": {f"{t:.4g}": float(e) for t, e in zip(ts, errors)},
+        "schedule": type(model.schedule).__name__,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--budget", type=float, default=300.0, help="training seconds per method (<= 600)")
+    parser.add_argument("--num", type=int, default=2000, help="points per W1 evaluation")
+    parser.add_argument("--repeats", type=int, default=10, help="W1 evaluations averaged (one draw has sd ~0.02)")
+    parser.add_argument("--methods", default="staged_sequential,staged_simultaneous,staged_shared,ct,ict,cd_exact")
+    args = parser.parse_args()
+    target = gmm2d()
+    sigma_data = float(jnp.sqrt(jnp.trace(target.covariance()) / 2))
+    specs = method_specs(target, sigma_data)
+    n, repeats = args.num, args.repeats
+    refs = [target.sample(jr.key(100 + r), n) for r in range(repeats)]
+    floor = mean_w1(lambda r: target.sample(jr.key(400 + r), n), refs)
+    exact_ode = {}
+    for sched_name, schedule in [
+        ("VarianceExploding", VE),
+        ("DiscreteVP", ctjax.DiscreteVP.li_huang_wei(64, 2.0, 4.0)),
+    ]:
+        exact = ctjax.ExactConsistencyFunction(target, schedule)
+        exact_ode[sched_name] = mean_w1(lambda r, m=exact: ctjax.sample(m, n, key=jr.key(500 + r)), refs)
+    out_path = RESULTS / "quality_gmm.json"
+    results = json.loads(out_path.read_text()) if out_path.exists() else {"methods": {}}
+    print(f"floor W1(data, data') = {floor:.4f}   exact ODE: {exact_ode}")
+    for name in args.methods.split(","):
+        build, batch, two_step = specs[name]
+        row = run_method(name, build, batch, two_step, target, args.budget, n, repeats)
+        row.update({"w1_floor": floor, "w1_exact_ode": exact_ode[row["schedule"]]})
+        results["methods"][name] = row
+        print(
+            f"{name:22s} 1-step {row['w1_1step']:.4f} ({row['w1_1step'] / floor:.2f}x floor)  "
+            f"2-step {row['w1_2step']:.4f} ({row['w1_2step'] / floor:.2f}x)  {row['steps']} steps in {row['seconds']:.0f}s"
+        )
+        results.update(
+            {"num_points": n, "repeats": repeats, "budget_seconds": args.budget, "target": "presets.gmm2d()"}
+        )
+        RESULTS.mkdir(exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The interface of a consistency model f(t, x) ~ Phi_{t -> t_min}(x)."""
+
+import abc
+
+import equinox as eqx
+import jax.tree_util as jtu
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
+
+from .._schedules import AbstractSchedule
+
+
+class AbstractConsistencyModel(eqx.Module):
+    """A map $f(t, x)$ from a point $x$ at time $t$ to the data end of its probability-flow
+    trajectory, $f(t, x) \\approx \\Phi_{t \\to t_{min}}(x)$, with $f(t_{min}, x) = x$.
+
+    Acts on one point `x` of shape `(dim,)` at scalar `t`; `key` drives the network's randomness
+    (dropout) and is shared by student and teacher evaluations. `key=None` is deterministic.
+    """
+
+    schedule: eqx.AbstractVar[AbstractSchedule]
+
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """Dimension of the data."""
+
+    @abc.abstractmethod
+    def __call__(self, t: ArrayLike, x: ArrayLike, *, key: PRNGKeyArray | None = None) -> Float[Array, " dim"]:
+        """$f(t, x)$."""
+
+    def trainable(self) -> PyTree[bool]:
+        """Which leaves are trained: by default none (exact models); learned models mark their
+        network's floating-point arrays."""
+        return jtu.tree_map(lambda _: False, self)

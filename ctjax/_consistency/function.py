@@ -1,0 +1,64 @@
+"""A learned consistency function with an exact boundary condition."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
+
+from .._misc import as_float_array
+from .._nets import AbstractNetwork
+from .._schedules import AbstractSchedule, TrigFlow
+from .base import AbstractConsistencyModel
+from .scalings import AbstractScalings, EDMScalings, TrigFlowScalings
+
+
+def apply_scalings(scalings: AbstractScalings, schedule: AbstractSchedule, net, t, x, key) -> Array:
+    """$c_{skip} x + c_{out} F(c_{in} x, c_{noise})$, returning `x` itself (bit for bit) at `t_min`."""
+    t = as_float_array(t, "t")
+    x = as_float_array(x, "x")
+    if t.ndim != 0:
+        raise ValueError(f"`t` must be a scalar time, got shape {t.shape}; vmap over a batch of times.")
+    c_skip, c_out, c_in, c_noise = (jnp.asarray(c).astype(x.dtype) for c in scalings(schedule, t))
+    out = c_skip * x + c_out * net(c_in * x, c_noise, key=key)
+    # The boundary condition holds exactly, whatever the network or its parameters.
+    return jnp.where(t <= schedule.t_min, x, out)
+
+
+class ConsistencyFunction(AbstractConsistencyModel):
+    """$f_\\theta(t, x) = c_{skip}(t) x + c_{out}(t) F_\\theta(c_{in}(t) x, c_{noise}(t))$, with
+    $f_\\theta(t_{min}, x) = x$ exactly for any parameters.
+
+    **Arguments:**
+
+    - `net`: the network $F_\\theta$ (an `AbstractNetwork` mapping `(dim,)` to `(dim,)`).
+    - `schedule`: the interpolant.
+    - `scalings`: `EDMScalings(sigma_data)` (default, any schedule) or `TrigFlowScalings`.
+    """
+
+    net: AbstractNetwork
+    schedule: AbstractSchedule
+    scalings: AbstractScalings
+
+    def __init__(self, net: AbstractNetwork, schedule: AbstractSchedule, scalings: AbstractScalings | None = None):
+        if not isinstance(schedule, AbstractSchedule):
+            raise TypeError(f"`schedule` must be a ctjax schedule, got {type(schedule).__name__}.")
+        if scalings is None:
+            scalings = EDMScalings()
+        if not isinstance(scalings, AbstractScalings):
+            raise TypeError(f"`scalings` must be EDMScalings or TrigFlowScalings, got {type(scalings).__name__}.")
+        if isinstance(scalings, TrigFlowScalings) and not isinstance(schedule, TrigFlow):
+            raise TypeError("TrigFlowScalings needs a TrigFlow schedule; use EDMScalings for other schedules.")
+        self.net = net
+        self.schedule = schedule
+        self.scalings = scalings
+
+    @property
+    def dim(self) -> int:
+        return self.net.dim
+
+    def __call__(self, t: ArrayLike, x: ArrayLike, *, key: PRNGKeyArray | None = None) -> Float[Array, " dim"]:
+        return apply_scalings(self.scalings, self.schedule, self.net, t, x, key)
+
+    def trainable(self) -> PyTree[bool]:
+        spec = jtu.tree_map(lambda _: False, self)
+        return eqx.tree_at(lambda m: m.net, spec, replace=jtu.tree_map(eqx.is_inexact_array, self.net))

@@ -1,0 +1,194 @@
+"""A small time-conditioned U-Net for images given as flat vectors."""
+
+import math
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from .base import (
+    AbstractNetwork,
+    apply_dropout,
+    cast_floating,
+    check_inputs,
+    dropout_masks,
+    init_layers,
+    param_dtype,
+    promote_dtypes,
+    validate_dropout,
+    validate_int,
+    zero_layer,
+)
+from .embeddings import AbstractEmbedding
+from .mlp import make_embedding
+
+
+def _group_norm(channels: int, dtype) -> eqx.nn.GroupNorm:
+    """GroupNorm with gcd(channels, 8) groups (8 groups whenever the channel count allows it)."""
+    return eqx.nn.GroupNorm(math.gcd(channels, 8), channels, dtype=dtype)
+
+
+def _conv3x3(c_in: int, c_out: int, dtype, *, key: PRNGKeyArray, stride: int = 1) -> eqx.nn.Conv2d:
+    return eqx.nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, dtype=dtype, key=key)
+
+
+class _ResBlock(eqx.Module):
+    """$x' = \\mathrm{skip}(x) + \\mathrm{Conv}(\\mathrm{drop}(\\mathrm{SiLU}(\\mathrm{GN}(
+    \\mathrm{Conv}(\\mathrm{SiLU}(\\mathrm{GN}(x))) + P e))))$, the shift $P e$ broadcast over pixels."""
+
+    norm1: eqx.nn.GroupNorm
+    conv1: eqx.nn.Conv2d
+    cond_proj: eqx.nn.Linear
+    norm2: eqx.nn.GroupNorm
+    conv2: eqx.nn.Conv2d
+    skip: eqx.nn.Conv2d | None
+
+    def __init__(self, c_in: int, c_out: int, cond_features: int, dtype, *, key: PRNGKeyArray):
+        k1, k2, k3, k4 = jr.split(key, 4)
+        self.norm1 = _group_norm(c_in, dtype)
+        self.conv1 = _conv3x3(c_in, c_out, dtype, key=k1)
+        self.cond_proj = eqx.nn.Linear(cond_features, c_out, dtype=dtype, key=k2)
+        self.norm2 = _group_norm(c_out, dtype)
+        self.conv2 = _conv3x3(c_out, c_out, dtype, key=k3)
+        self.skip = None if c_in == c_out else eqx.nn.Conv2d(c_in, c_out, 1, dtype=dtype, key=k4)
+
+    def __call__(self, x: Array, cond: Array, rate: float, keep: Array | None) -> Array:
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        h = h + self.cond_proj(cond)[:, None, None]
+        h = self.conv2(apply_dropout(jax.nn.silu(self.norm2(h)), rate, keep))
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+def _upsample(x: Array) -> Array:
+    """Nearest-neighbour 2x upsampling of a (C, H, W) array."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class ConvNet(AbstractNetwork):
+    """A two-level time-conditioned U-Net on images of shape `image_shape = (C, H, W)`, flattened.
+
+    With $c$ = `channels`: 3x3 conv in ($C \\to c$), a residual block ($c \\to c$) at full resolution
+    whose output is kept as the skip; a stride-2 3x3 conv down; residual blocks $c \\to 2c$ and
+    $2c \\to 2c$ at half resolution; nearest-neighbour 2x upsampling and a 3x3 conv; concatenation with
+    the skip and a residual block ($3c \\to c$); GroupNorm, SiLU and a zero-initialised 3x3 conv out
+    ($c \\to C$), so a fresh network is $F \\equiv 0$.
+
+    Residual blocks are pre-activation (GroupNorm, SiLU, conv) with the time embedding added as a
+    per-channel shift after the first conv, and dropout before the second. The time embedding is
+    $e = \\mathrm{SiLU}(\\mathrm{Lin}(\\mathrm{SiLU}(\\mathrm{Lin}(\\mathrm{emb}(c_{noise})))))$ of width $4c$.
+    GroupNorms use gcd(channels, 8) groups.
+
+    Computation is in `promote_types(x.dtype, parameter dtype)`; the output is cast back to `x.dtype`.
+    """
+
+    embedding: eqx.Module
+    cond_in: eqx.nn.Linear
+    cond_out: eqx.nn.Linear
+    conv_in: eqx.nn.Conv2d
+    block_high: _ResBlock
+    down: eqx.nn.Conv2d
+    block_low1: _ResBlock
+    block_low2: _ResBlock
+    up: eqx.nn.Conv2d
+    block_up: _ResBlock
+    norm_out: eqx.nn.GroupNorm
+    conv_out: eqx.nn.Conv2d
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+    dropout: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 8, 8),
+        channels: int = 32,
+        embedding_features: int = 64,
+        dropout: float = 0.0,
+        *,
+        key: PRNGKeyArray,
+        embedding: Literal["fourier", "sinusoidal"] | AbstractEmbedding | eqx.Module = "fourier",
+        dtype=None,
+    ):
+        """**Arguments:**
+
+        - `image_shape`: `(C, H, W)` with `H` and `W` even; inputs have `dim = C * H * W` and are
+          reshaped in C order (as `x.reshape(image_shape)`).
+        - `channels`: base channel count $c$ (the half-resolution level has $2c$).
+        - `embedding_features`: output size of a named embedding (ignored for a module).
+        - `dropout`: dropout rate inside each residual block, used only when a `key` is passed to `__call__`.
+        - `key`: PRNG key for the initial parameters.
+        - `embedding`: `"fourier"` (scale 16), `"sinusoidal"`, or any module mapping a scalar to a vector.
+        - `dtype`: parameter dtype (default: JAX's default float dtype).
+        """
+        try:
+            shape = tuple(int(s) for s in image_shape)
+        except (TypeError, ValueError):
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1 or shape[1] % 2 or shape[2] % 2:
+            raise ValueError(
+                f"`image_shape` must be (C, H, W) with C >= 1 and H, W even and positive, got {image_shape!r}."
+            )
+        self.image_shape = (shape[0], shape[1], shape[2])
+        c_img = shape[0]
+        c = validate_int(channels, "channels")
+        self.dropout = validate_dropout(dropout)
+        self.embedding, num_features = make_embedding(embedding, embedding_features)
+        cond = 4 * c
+
+        def build(key):
+            keys = jr.split(key, 10)
+            return (
+                eqx.nn.Linear(num_features, cond, dtype=dtype, key=keys[0]),
+                eqx.nn.Linear(cond, cond, dtype=dtype, key=keys[1]),
+                _conv3x3(c_img, c, dtype, key=keys[2]),
+                _ResBlock(c, c, cond, dtype, key=keys[3]),
+                _conv3x3(c, c, dtype, key=keys[4], stride=2),
+                _ResBlock(c, 2 * c, cond, dtype, key=keys[5]),
+                _ResBlock(2 * c, 2 * c, cond, dtype, key=keys[6]),
+                _conv3x3(2 * c, 2 * c, dtype, key=keys[7]),
+                _ResBlock(3 * c, c, cond, dtype, key=keys[8]),
+                _group_norm(c, dtype),
+                _conv3x3(c, c_img, dtype, key=keys[9]),
+            )
+
+        (
+            self.cond_in,
+            self.cond_out,
+            self.conv_in,
+            self.block_high,
+            self.down,
+            self.block_low1,
+            self.block_low2,
+            self.up,
+            self.block_up,
+            self.norm_out,
+            conv_out,
+        ) = init_layers(build, key)
+        self.conv_out = zero_layer(conv_out)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.image_shape)
+
+    def __call__(
+        self, x: Float[Array, " dim"], c_noise: ArrayLike, *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, " dim"]:
+        x, c_noise = check_inputs(self, x, c_noise)
+        dtype = promote_dtypes(x.dtype, param_dtype(self))
+        net = cast_floating(self, dtype)
+        emb = jnp.asarray(net.embedding(c_noise)).astype(dtype)  # pyright: ignore[reportCallIssue]
+        cond = jax.nn.silu(net.cond_out(jax.nn.silu(net.cond_in(emb))))
+        _, height, width = self.image_shape
+        full, half = (height, width), (height // 2, width // 2)
+        blocks = ((net.block_high, full), (net.block_low1, half), (net.block_low2, half), (net.block_up, full))
+        m1, m2, m3, m4 = dropout_masks(key, self.dropout, [(b.conv1.out_channels, *hw) for b, hw in blocks])
+        h = net.conv_in(x.astype(dtype).reshape(self.image_shape))
+        skip = net.block_high(h, cond, self.dropout, m1)
+        h = net.down(skip)
+        h = net.block_low1(h, cond, self.dropout, m2)
+        h = net.block_low2(h, cond, self.dropout, m3)
+        h = net.up(_upsample(h))
+        h = net.block_up(jnp.concatenate([h, skip], axis=0), cond, self.dropout, m4)
+        out = net.conv_out(jax.nn.silu(net.norm_out(h)))
+        return out.reshape(-1).astype(x.dtype)

@@ -1,0 +1,77 @@
+"""One-step and multistep sampling from a consistency model."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._consistency import AbstractConsistencyModel
+from ._misc import as_float_array, is_concrete
+
+
+def _check_times(model: AbstractConsistencyModel, times: ArrayLike | None) -> Array:
+    schedule = model.schedule
+    if times is None:
+        return jnp.asarray([schedule.t_max], dtype=jnp.result_type(float))
+    times = as_float_array(times, "times")
+    if times.ndim != 1 or times.shape[0] < 1:
+        raise ValueError(f"`times` must be a non-empty 1-D sequence of times, got shape {times.shape}.")
+    if is_concrete(times):
+        arr = np.asarray(times)
+        lo, hi = float(schedule.t_min), float(schedule.t_max)
+        if np.any(arr <= lo) or np.any(arr > hi):
+            raise ValueError(f"`times` must lie in (t_min, t_max] = ({lo:g}, {hi:g}], got {arr.tolist()}.")
+        if np.any(np.diff(arr) >= 0):
+            raise ValueError(f"`times` must be strictly decreasing (noise to data), got {arr.tolist()}.")
+    return times
+
+
+@eqx.filter_jit
+def _sample(model, times, num: int, key, dtype):
+    schedule = model.schedule
+    keys = jr.split(key, times.shape[0])
+    t0 = times[0].astype(dtype)
+    x = schedule.sigma(t0).astype(dtype) * jr.normal(keys[0], (num, model.dim), dtype)
+    x = jax.vmap(model, in_axes=(None, 0))(t0, x)
+    a_min = jnp.asarray(schedule.alpha(schedule.t_min), dtype)
+    s_min = jnp.asarray(schedule.sigma(schedule.t_min), dtype)
+    for j in range(1, times.shape[0]):
+        t = times[j].astype(dtype)
+        a, s = schedule.alpha(t).astype(dtype), schedule.sigma(t).astype(dtype)
+        # x ~ a_min x0 + s_min z; rescale the signal to a x0 and top the noise up to s.
+        extra = jnp.sqrt(jnp.maximum(s**2 - (a * s_min / a_min) ** 2, 0.0))
+        x = a / a_min * x + extra * jr.normal(keys[j], x.shape, dtype)
+        x = jax.vmap(model, in_axes=(None, 0))(t, x)
+    return x
+
+
+def sample(
+    model: AbstractConsistencyModel,
+    num: int,
+    *,
+    times: ArrayLike | None = None,
+    dtype=None,
+    key: PRNGKeyArray,
+) -> Float[Array, "num dim"]:
+    """Draw `num` samples with one step or several (Song et al.'s Algorithm 1, seed 003's sequence).
+
+    Start from $x = \\sigma(\\tau_0) z$ and set $x \\leftarrow f(\\tau_0, x)$; then for each further time
+    $\\tau$: $x \\leftarrow f(\\tau,\\ \\tfrac{\\alpha(\\tau)}{\\alpha_{min}} x + \\sqrt{\\sigma(\\tau)^2 - (\\alpha(\\tau)\\sigma_{min}/\\alpha_{min})^2}\\, z)$,
+    which puts $x$ back on the marginal at $\\tau$ if $f$ is exact.
+
+    **Arguments:**
+
+    - `model`: a consistency model (learned, staged or exact).
+    - `num`: number of samples.
+    - `times`: strictly decreasing times $\\tau_0 > \\tau_1 > \\dots$ in $(t_{min}, t_{max}]$; default
+      `(t_max,)`, one step.
+    - `dtype`: floating dtype of the samples (default: JAX's default float).
+    - `key`: PRNG key.
+    """
+    times = _check_times(model, times)
+    if int(num) < 1:
+        raise ValueError(f"`num` must be at least 1, got {num}.")
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    return _sample(model, times, int(num), key, dtype)

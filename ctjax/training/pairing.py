@@ -1,0 +1,61 @@
+"""How the teacher's earlier point is built from the student's: coupled noise (training) or one
+ODE step of a velocity field (distillation)."""
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+from jaxtyping import Array, ArrayLike, Float
+
+from .._flow import velocity as exact_velocity_fn
+from .._schedules import AbstractSchedule
+from .._targets import AbstractTarget
+
+
+class AbstractPairing(eqx.Module):
+    """Builds $x_{t_{lo}}$ from data $x_0$, noise $z$ and the student's point $x_{t_{hi}}$."""
+
+    @abc.abstractmethod
+    def earlier(self, schedule: AbstractSchedule, x0: Array, z: Array, x_hi: Array, t_lo: Array, t_hi: Array) -> Array:
+        """Per-example: `x0`, `z`, `x_hi` of shape `(dim,)`, scalar times."""
+
+
+class CoupledNoise(AbstractPairing):
+    """Consistency training: $x_{t_{lo}} = \\alpha(t_{lo}) x_0 + \\sigma(t_{lo}) z$ with the same $z$."""
+
+    def earlier(self, schedule, x0, z, x_hi, t_lo, t_hi):
+        return schedule.alpha(t_lo).astype(x0.dtype) * x0 + schedule.sigma(t_lo).astype(x0.dtype) * z
+
+
+class ExactVelocity(eqx.Module):
+    """The probability-flow velocity of an analytic target: a perfect teacher for distillation."""
+
+    target: AbstractTarget
+    schedule: AbstractSchedule
+
+    def __call__(self, t: ArrayLike, x: ArrayLike) -> Float[Array, " dim"]:
+        return exact_velocity_fn(self.target, self.schedule, t, x)
+
+
+class ODEStep(AbstractPairing):
+    """Consistency distillation: one Euler or Heun step of a teacher velocity $v(t, x)$ from
+    $t_{hi}$ to $t_{lo}$, $\\hat x = x_{t_{hi}} + (t_{lo} - t_{hi})\\, v(t_{hi}, x_{t_{hi}})$ (Heun adds the
+    trapezoidal correction). `velocity` is any per-example callable `(t, x) -> dx/dt`, e.g.
+    `ExactVelocity(target, schedule)` or a learned flow-matching model."""
+
+    velocity: Callable[[Array, Array], Array]
+    method: str = eqx.field(static=True, default="heun")
+
+    def __check_init__(self):
+        if self.method not in ("euler", "heun"):
+            raise ValueError(f"ODEStep `method` must be 'euler' or 'heun', got {self.method!r}.")
+
+    def earlier(self, schedule, x0, z, x_hi, t_lo, t_hi):
+        h = (t_lo - t_hi).astype(x_hi.dtype)
+        v_hi = self.velocity(t_hi, x_hi)
+        euler = x_hi + h * v_hi
+        if self.method == "euler":
+            return jax.lax.stop_gradient(euler)
+        v_lo = self.velocity(t_lo, euler)
+        return jax.lax.stop_gradient(x_hi + 0.5 * h * (v_hi + v_lo))

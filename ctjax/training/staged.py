@@ -1,0 +1,187 @@
+"""Li, Huang and Wei's staged consistency training."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import optax
+from jaxtyping import Array, PRNGKeyArray
+
+from .._consistency import AbstractConsistencyModel, StagedConsistencyModel
+from .._consistency.function import apply_scalings
+from .._losses import AbstractDistance, SquaredL2
+from .base import AbstractTrainer
+from .state import gradient_step, partition_trainable, TrainState
+
+
+def _stage_pair(model: StagedConsistencyModel, batch: Array, key: PRNGKeyArray, k: Array):
+    """The coupled pair $(a_k X_0 + s_k Z,\\ a_{k-1} X_0 + s_{k-1} Z)$ for 0-based stage index k >= 1."""
+    sched, dtype = model.schedule, batch.dtype
+    t_k, t_prev = model.times[k], model.times[k - 1]
+    z = jr.normal(key, batch.shape, dtype)
+    x_k = sched.alpha(t_k).astype(dtype) * batch + sched.sigma(t_k).astype(dtype) * z
+    x_prev = sched.alpha(t_prev).astype(dtype) * batch + sched.sigma(t_prev).astype(dtype) * z
+    return t_k, t_prev, x_k, x_prev
+
+
+class StagedConsistencyTraining(AbstractTrainer):
+    """Staged consistency training (Li, Huang and Wei): stage functions $f_1 = \\mathrm{id}, f_2, \\dots, f_T$,
+    stage $k$ minimising $E\\|f_k(a_k X_0 + s_k Z) - f_{k-1}(a_{k-1} X_0 + s_{k-1} Z)\\|^2$ with the
+    same $Z$ in both arguments.
+
+    - `mode="sequential"` (the paper): stage $k$ trains for `steps_per_stage` steps against the
+      frozen stage $k-1$, warm-started from it, with a fresh optimiser state; then stage $k+1$.
+      The stage index is part of the traced state, so the whole run (any $T$) is one compiled
+      program, and each step costs the same whatever $T$ is.
+    - `mode="simultaneous"`: every stage trains at every step against the stop-gradient of its
+      predecessor (each stage sees the batch with its own noise).
+
+    The model is a `StagedConsistencyModel`. For a shared-weights variant (one network
+    conditioned on $t$), use `ctjax.training.staged_shared`.
+    """
+
+    optimizer: optax.GradientTransformation
+    mode: str = eqx.field(static=True)
+    steps_per_stage: int = eqx.field(static=True)
+    distance: AbstractDistance
+
+    def __init__(
+        self,
+        optimizer: optax.GradientTransformation,
+        mode: str = "sequential",
+        steps_per_stage: int = 1000,
+        distance: AbstractDistance | None = None,
+    ):
+        if mode not in ("sequential", "simultaneous"):
+            raise ValueError(f"`mode` must be 'sequential' or 'simultaneous', got {mode!r}.")
+        if int(steps_per_stage) < 1:
+            raise ValueError(f"`steps_per_stage` must be at least 1, got {steps_per_stage}.")
+        self.optimizer = optimizer
+        self.mode = mode
+        self.steps_per_stage = int(steps_per_stage)
+        self.distance = SquaredL2() if distance is None else distance
+
+    def total_steps(self, model: StagedConsistencyModel) -> int:
+        """Steps until the last stage is trained (sequential: (T - 1) x steps_per_stage)."""
+        if self.mode == "sequential":
+            return (model.num_stages - 1) * self.steps_per_stage
+        return self.steps_per_stage
+
+    def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
+        if not isinstance(model, StagedConsistencyModel):
+            raise TypeError(f"StagedConsistencyTraining needs a StagedConsistencyModel, got {type(model).__name__}.")
+        step = jnp.zeros((), jnp.int32)
+        if self.mode == "simultaneous":
+            params, _ = partition_trainable(model)
+            return TrainState(model, self.optimizer.init(params), step, key)
+        current = eqx.filter(model.stage_net(1), eqx.is_inexact_array)
+        extra = {"current": current, "stage": jnp.asarray(1, jnp.int32), "stage_step": jnp.zeros((), jnp.int32)}
+        return TrainState(model, self.optimizer.init(current), step, key, extra=extra)
+
+    # -- sequential -------------------------------------------------------------------------
+
+    def _sequential_loss(self, current, model: StagedConsistencyModel, batch, k, key):
+        k_noise, k_drop = jr.split(key)
+        t_k, t_prev, x_k, x_prev = _stage_pair(model, batch, k_noise, k)
+        net_k = eqx.combine(current, eqx.filter(model.stage_net(k), eqx.is_inexact_array, inverse=True))
+        prev = jax.lax.stop_gradient(eqx.filter(model.stage_net(k - 1), eqx.is_inexact_array))
+        net_prev = eqx.combine(prev, eqx.filter(model.stage_net(k - 1), eqx.is_inexact_array, inverse=True))
+        keys = jr.split(k_drop, batch.shape[0])
+        apply = lambda net, t: jax.vmap(lambda x, kk: apply_scalings(model.scalings, model.schedule, net, t, x, kk))
+        student = apply(net_k, t_k)(x_k, keys)
+        teacher = jax.lax.stop_gradient(apply(net_prev, t_prev)(x_prev, keys))
+        return jnp.mean(jax.vmap(self.distance)(student - teacher)), {}
+
+    def _sequential_step(self, state: TrainState, batch: Array, key: PRNGKeyArray):
+        model: StagedConsistencyModel = state.model
+        k = state.extra["stage"]
+        current, opt_state, loss, _, grad_norm = gradient_step(
+            self.optimizer, state.extra["current"], state.opt_state, self._sequential_loss, model, batch, k, key
+        )
+        stage_step = state.extra["stage_step"] + 1
+        finished = stage_step >= self.steps_per_stage
+        # Write the trained stage into the stack; the next stage starts from it with a fresh optimiser.
+        written = eqx.tree_at(
+            lambda m: m.nets,
+            model,
+            replace=jtu.tree_map(
+                lambda stack, leaf: stack.at[k].set(leaf) if eqx.is_inexact_array(stack) else stack,
+                model.nets,
+                eqx.combine(current, eqx.filter(model.stage_net(k), eqx.is_inexact_array, inverse=True)),
+            ),
+        )
+        model = jtu.tree_map(lambda a, b: jnp.where(finished, a, b) if eqx.is_array(a) else a, written, model)
+        opt_state = jtu.tree_map(
+            lambda fresh, old: jnp.where(finished, fresh, old), self.optimizer.init(current), opt_state
+        )
+        extra = {
+            "current": current,
+            "stage": k + finished.astype(jnp.int32),
+            "stage_step": jnp.where(finished, 0, stage_step),
+        }
+        metrics = {"loss": loss, "grad_norm": grad_norm, "stage": k + 1}
+        return TrainState(model, opt_state, state.step + 1, state.key, extra=extra), metrics
+
+    # -- simultaneous -----------------------------------------------------------------------
+
+    def _simultaneous_loss(self, params, static, batch, key):
+        model: StagedConsistencyModel = eqx.combine(params, static)
+        num_stages = model.num_stages
+        keys = jr.split(key, num_stages - 1)
+
+        def one_stage(k, k_key):
+            k_noise, k_drop = jr.split(k_key)
+            t_k, t_prev, x_k, x_prev = _stage_pair(model, batch, k_noise, k)
+            drop = jr.split(k_drop, batch.shape[0])
+            student = jax.vmap(lambda x, kk: model.stage(k, x, key=kk))(x_k, drop)
+            frozen = eqx.combine(
+                jax.lax.stop_gradient(eqx.filter(model, eqx.is_array)), eqx.filter(model, eqx.is_array, inverse=True)
+            )
+            teacher = jax.vmap(lambda x, kk: frozen.stage(k - 1, x, key=kk))(x_prev, drop)
+            return jnp.mean(jax.vmap(self.distance)(student - jax.lax.stop_gradient(teacher)))
+
+        per_stage = jax.vmap(one_stage)(jnp.arange(1, num_stages), keys)
+        return jnp.mean(per_stage), {"per_stage": per_stage}
+
+    def _simultaneous_step(self, state: TrainState, batch: Array, key: PRNGKeyArray):
+        params, static = partition_trainable(state.model)
+        params, opt_state, loss, _, grad_norm = gradient_step(
+            self.optimizer, params, state.opt_state, self._simultaneous_loss, static, batch, key
+        )
+        model = eqx.combine(params, static)
+        return TrainState(model, opt_state, state.step + 1, state.key), {"loss": loss, "grad_norm": grad_norm}
+
+    def step(self, state: TrainState, batch: Array, *, key: PRNGKeyArray) -> tuple[TrainState, dict[str, Array]]:
+        if self.mode == "simultaneous":
+            return self._simultaneous_step(state, batch, key)
+        # After the last stage further steps change nothing.
+        done = state.extra["stage"] >= state.model.num_stages
+        stepped, metrics = self._sequential_step(state, batch, key)
+        keep = lambda new, old: jnp.where(done, old, new) if eqx.is_array(new) else new
+        new_state = jtu.tree_map(keep, stepped, state)
+        new_state = eqx.tree_at(lambda s: s.step, new_state, state.step + 1)
+        return new_state, metrics
+
+    def result(self, state: TrainState) -> StagedConsistencyModel:
+        return state.model
+
+
+def staged_shared(optimizer: optax.GradientTransformation, times: Array, ema_rate: float | None = None):
+    """The shared-weights variant of staged training: one network conditioned on $t$, every
+    stage $k \\in \\{2..T\\}$ at once, $E\\|f(t_k, X_k) - \\mathrm{sg}\\, f(t_{k-1}, X_{k-1})\\|^2$ with
+    coupled noise and $k$ uniform. It is consistency training on the fixed stage grid `times`
+    (e.g. `DiscreteVP.stage_times()`), with a stop-gradient teacher, $\\ell_2^2$ and $\\lambda \\equiv 1$."""
+    from .consistency import ConsistencyTrainer
+    from .curricula import ConstantCurriculum, FixedGrid, StopGradientTeacher, UniformIndex
+
+    grid = FixedGrid(times)
+    return ConsistencyTrainer(
+        optimizer,
+        ConstantCurriculum(grid.times.shape[0]),
+        teacher=StopGradientTeacher(),
+        grid=grid,
+        distance=SquaredL2(),
+        index_sampler=UniformIndex(),
+        ema_rate=ema_rate,
+    )

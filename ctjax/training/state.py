@@ -1,0 +1,64 @@
+"""The training state and the helpers every trainer shares."""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import optax
+from jaxtyping import Array, Int, PRNGKeyArray, PyTree
+
+
+class TrainState(eqx.Module):
+    """Everything a run needs to continue: the model, the optimiser state, the step, the PRNG key,
+    and (where a method has them) the teacher, the sampling EMA and method-specific `extra` state.
+
+    The key of step $k$ is `jax.random.fold_in(key, k)`, so a resumed run draws exactly the
+    randomness of an uninterrupted one.
+    """
+
+    model: Any
+    opt_state: Any
+    step: Int[Array, ""]
+    key: PRNGKeyArray
+    teacher: Any = None
+    ema: Any = None
+    extra: Any = None
+
+
+def partition_trainable(model) -> tuple[PyTree, PyTree]:
+    """Split a model into (trainable arrays, everything else) by its `trainable()` spec."""
+    return eqx.partition(model, model.trainable())
+
+
+def ema_update(average: PyTree, new: PyTree, decay: Array) -> PyTree:
+    """$\\bar\\theta \\leftarrow \\mu \\bar\\theta + (1 - \\mu) \\theta$ on the floating-point leaves."""
+
+    def update(a, b):
+        if eqx.is_inexact_array(a):
+            mu = jnp.asarray(decay).astype(a.dtype)
+            return mu * a + (1 - mu) * b
+        return a
+
+    return jtu.tree_map(update, average, new)
+
+
+def gradient_step(
+    optimizer: optax.GradientTransformation, params: PyTree, opt_state: PyTree, loss_fn, *args
+) -> tuple[PyTree, PyTree, Array, Any, Array]:
+    """One optimiser step on `params` (a pytree with None for frozen leaves).
+
+    Returns (params, opt_state, loss, aux, gradient norm).
+    """
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *args)
+    # Optax mixes int32 counters with floats; allow that even under strict promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = eqx.apply_updates(params, updates)
+    return params, opt_state, loss, aux, optax.tree.norm(grads)
+
+
+def step_key(state: TrainState) -> PRNGKeyArray:
+    """The key of the state's current step (a pure function of the run key and the step)."""
+    return jax.random.fold_in(state.key, state.step)
