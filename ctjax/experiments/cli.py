@@ -1,0 +1,64 @@
+"""The `ctjax` command: train, eval, sample, plot."""
+
+import contextlib
+import io
+import re
+import sys
+
+import tyro
+
+from .checkpoint import CheckpointError
+from .config import EvalConfig, PlotConfig, SampleConfig, TrainConfig
+from .setup import ConfigError
+
+
+_BOX = re.compile(r"[│╭╮╰╯─┃━┏┓┗┛]")
+
+
+def _one_line(text: str) -> str:
+    """The gist of tyro's boxed error message, on one line."""
+    lines = [_BOX.sub("", line).strip() for line in text.splitlines()]
+    lines = [
+        line
+        for line in lines
+        if line and not line.startswith("For full helptext") and not re.fullmatch(r"[-=_ ]+", line)
+    ]
+    if not lines:
+        return "invalid arguments (see --help)"
+    # Title, then the first explanatory line.
+    return " ".join(lines[:2]) if len(lines) > 1 else lines[0]
+
+
+def parse(argv: list[str]):
+    """Parse the command line; on bad options print one line and exit with status 2."""
+    commands = {"train": TrainConfig, "eval": EvalConfig, "sample": SampleConfig, "plot": PlotConfig}
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.extras.subcommand_cli_from_dict(commands, prog="ctjax", args=argv)
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            print(f"ctjax: error: {_one_line(captured.getvalue())}", file=sys.stderr)
+        else:
+            sys.stderr.write(captured.getvalue())
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    config = parse(args)
+    from . import run
+
+    actions = {TrainConfig: run.train, EvalConfig: run.evaluate, SampleConfig: run.sample, PlotConfig: run.plot}
+    try:
+        actions[type(config)](config)
+    except (ConfigError, CheckpointError, run.TrainingDiverged) as err:
+        print(f"ctjax: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Typed configurations of the command line (parsed by tyro; saved with every run as JSON)."""
+
+import dataclasses
+import pathlib
+from typing import Literal
+
+import tyro
+
+
+Preset = Literal["gmm2d", "gaussian", "digits"]
+Method = Literal["cd", "ct", "ict", "staged", "staged-simultaneous", "staged-shared"]
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The network F of the consistency function."""
+
+    width: int = 128
+    """Hidden width (MLP) or base channels (ConvNet)."""
+    depth: int = 3
+    """Residual blocks of the MLP."""
+    dropout: float = 0.0
+    embedding: Literal["fourier", "sinusoidal"] = "fourier"
+    sigma_data: float | None = None
+    """Data standard deviation for the scalings; None: estimated from the target."""
+    architecture: Literal["auto", "mlp", "conv"] = "auto"
+    """auto: ConvNet for the digits preset, MLP otherwise."""
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Adam with linear warm-up and cosine decay."""
+
+    lr: float = 1e-3
+    warmup: int = 200
+    final_lr_fraction: float = 0.01
+    grad_clip: float | None = None
+    """Clip the global gradient norm (None: no clipping)."""
+
+
+@dataclasses.dataclass
+class CTConfig:
+    """Song et al.'s consistency training."""
+
+    s0: int = 10
+    s1: int = 150
+    mu0: float = 0.95
+
+
+@dataclasses.dataclass
+class ICTConfig:
+    """Song and Dhariwal's improved consistency training."""
+
+    s0: int = 10
+    s1: int = 640
+    p_mean: float = 0.0
+    p_std: float = 1.6
+    huber_c: float | None = None
+    """Pseudo-Huber c; None: 0.00054 sqrt(d)."""
+
+
+@dataclasses.dataclass
+class CDConfig:
+    """Consistency distillation from the exact probability flow of the target."""
+
+    num_scales: int = 40
+    mu: float = 0.95
+    solver: Literal["euler", "heun"] = "heun"
+
+
+@dataclasses.dataclass
+class StagedConfig:
+    """Li, Huang and Wei's staged training on their discrete VP schedule."""
+
+    num_stages: int = 64
+    c0: float = 2.0
+    c1: float = 4.0
+    width: int = 64
+    """Hidden width of each stage's MLP (sequential and simultaneous modes)."""
+    depth: int = 2
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Train a consistency model, then evaluate it against the exact flow and plot it."""
+
+    preset: Preset = "gmm2d"
+    """Built-in problem: gmm2d (2-D 8-component mixture), gaussian (--dim), digits (sklearn 8x8)."""
+    data: pathlib.Path | None = None
+    """Your own data: an (n, d) .npy point cloud, used as an Empirical target."""
+    target: pathlib.Path | None = None
+    """Your own Gaussian mixture: .npz with weights (K,), means (K, d), covs (K, d, d)."""
+    dim: int = 8
+    """Dimension of the gaussian preset."""
+    method: Method = "cd"
+    steps: int = 8000
+    batch_size: int = 256
+    seed: int = 0
+    out: pathlib.Path | None = None
+    """Run directory (default: runs/<preset or file>-<method>)."""
+    resume: pathlib.Path | None = None
+    """Continue the run in this directory from its last checkpoint (its saved config is used)."""
+    checkpoint_every: int = 1000
+    chunk_size: int = 200
+    """Steps per compiled chunk (the progress bar and checkpoints update between chunks)."""
+    progress: bool = True
+    evaluate: bool = True
+    """After training, run `ctjax eval` and `ctjax plot` on the run."""
+    x64: bool = False
+    """Train in float64."""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    cd: CDConfig = dataclasses.field(default_factory=CDConfig)
+    ct: CTConfig = dataclasses.field(default_factory=CTConfig)
+    ict: ICTConfig = dataclasses.field(default_factory=ICTConfig)
+    staged: StagedConfig = dataclasses.field(default_factory=StagedConfig)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Evaluate a run: 1-step and multistep W1, the finite-sample floor, map_error per t."""
+
+    run: tyro.conf.Positional[pathlib.Path]
+    num: int = 2000
+    """Points per W1 evaluation."""
+    repeats: int = 5
+    steps: tuple[int, ...] = (1, 2)
+    """Sampling step counts to evaluate."""
+    map_error_points: int = 500
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    """Draw samples from a trained run."""
+
+    run: tyro.conf.Positional[pathlib.Path]
+    num: int = 1000
+    steps: int = 1
+    out: pathlib.Path = pathlib.Path("samples.npy")
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class PlotConfig:
+    """Write the run's figures to RUN/figures/*.png."""
+
+    run: tyro.conf.Positional[pathlib.Path]
+    num: int = 2000
+
+
+def to_json(config) -> dict:
+    """A JSON-able dict of a config (paths as strings)."""
+
+    def convert(value):
+        if isinstance(value, pathlib.Path):
+            return str(value)
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+
+    return {
+        k: convert(v) if not isinstance(v, dict) else {kk: convert(vv) for kk, vv in v.items()}
+        for k, v in dataclasses.asdict(config).items()
+    }
+
+
+def train_config_from_json(data: dict) -> TrainConfig:
+    """Rebuild a TrainConfig saved by `to_json`."""
+    nested = {
+        "model": ModelConfig,
+        "optim": OptimConfig,
+        "cd": CDConfig,
+        "ct": CTConfig,
+        "ict": ICTConfig,
+        "staged": StagedConfig,
+    }
+    kwargs = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if field.name in nested:
+            value = nested[field.name](**value)
+        elif field.name in ("data", "target", "out", "resume") and value is not None:
+            value = pathlib.Path(value)
+        kwargs[field.name] = value
+    return TrainConfig(**kwargs)

@@ -1,0 +1,243 @@
+"""What the command line does: train (with checkpoints and resume), evaluate, sample, plot."""
+
+import json
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from .. import metrics
+from .._consistency import ExactConsistencyFunction, StagedConsistencyModel
+from .._sampling import sample as sample_model
+from .._schedules import DiscreteVP
+from ..training import fit
+from .checkpoint import _atomic_write, CheckpointError, load_checkpoint, save_checkpoint
+from .config import EvalConfig, PlotConfig, SampleConfig, to_json, train_config_from_json, TrainConfig
+from .setup import build_method, build_problem, ConfigError, sampling_times
+
+
+CONFIG = "config.json"
+HISTORY = "history.npz"
+EVAL = "eval.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+def _default_out(cfg: TrainConfig) -> pathlib.Path:
+    name = cfg.data.stem if cfg.data is not None else cfg.target.stem if cfg.target is not None else cfg.preset
+    return pathlib.Path("runs") / f"{name}-{cfg.method}"
+
+
+def _save_history(run_dir: pathlib.Path, history: dict[str, np.ndarray]) -> None:
+    def write(f):
+        np.savez(f, **{str(k): np.asarray(v) for k, v in history.items()})  # pyright: ignore[reportArgumentType]
+
+    _atomic_write(run_dir / HISTORY, write)
+
+
+def _load_history(run_dir: pathlib.Path, upto: int) -> dict[str, np.ndarray]:
+    path = run_dir / HISTORY
+    if not path.exists():
+        return {}
+    with np.load(path) as f:
+        return {k: f[k][:upto] for k in f.files}
+
+
+def load_run(run_dir: pathlib.Path | str):
+    """(config, problem, trainer, state) of a saved run, from its config and last checkpoint."""
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / CONFIG).exists():
+        raise ConfigError(f"{run_dir} is not a ctjax run directory (no {CONFIG}).")
+    cfg = train_config_from_json(json.loads((run_dir / CONFIG).read_text()))
+    if cfg.x64:
+        jax.config.update("jax_enable_x64", True)
+    problem = build_problem(cfg)
+    trainer, model, _ = build_method(cfg, problem)
+    state = trainer.init(model, key=jr.key(cfg.seed))
+    state, _ = load_checkpoint(run_dir, state)
+    return cfg, problem, trainer, state
+
+
+def train(cfg: TrainConfig) -> pathlib.Path:
+    """Train as configured; checkpoints every `checkpoint_every` steps and at the end, atomically.
+    With `resume`, the run continues from its checkpoint and ends bit-identical (on CPU) to an
+    uninterrupted run."""
+    if cfg.resume is not None:
+        run_dir = cfg.resume
+        if not (run_dir / CONFIG).exists():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (no {CONFIG}).")
+        saved = train_config_from_json(json.loads((run_dir / CONFIG).read_text()))
+        cfg = type(saved)(**{**saved.__dict__, "resume": run_dir, "progress": cfg.progress, "evaluate": cfg.evaluate})
+    else:
+        run_dir = cfg.out or _default_out(cfg)
+        if (run_dir / "checkpoint.json").exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out."
+            )
+    if cfg.checkpoint_every < 1 or cfg.chunk_size < 1:
+        raise ConfigError("--checkpoint-every and --chunk-size must be at least 1.")
+    if cfg.x64:
+        jax.config.update("jax_enable_x64", True)
+    problem = build_problem(cfg)
+    trainer, model, total = build_method(cfg, problem)
+    state = trainer.init(model, key=jr.key(cfg.seed))
+    history: dict[str, np.ndarray] = {}
+    if cfg.resume is not None:
+        state, meta = load_checkpoint(run_dir, state)
+        history = _load_history(run_dir, int(meta["step"]))
+        print(f"resuming {run_dir} at step {int(state.step)} of {total}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(run_dir / CONFIG, lambda f: f.write(json.dumps(to_json(cfg), indent=2).encode()))
+
+    saved_step = int(state.step)
+    last = {"state": state}
+    chunks: list[dict[str, np.ndarray]] = [history] if history else []
+
+    def checkpoint(state):
+        merged = {k: np.concatenate([c[k] for c in chunks if k in c]) for k in chunks[0]} if chunks else {}
+        save_checkpoint(run_dir, state, {"step": int(state.step), "total_steps": total, "time": time.time()})
+        _save_history(run_dir, merged)
+
+    def callback(state, chunk_metrics):
+        nonlocal saved_step
+        for name, values in chunk_metrics.items():
+            bad = ~np.isfinite(values)
+            if np.any(bad):
+                step = int(state.step) - len(values) + int(np.argmax(bad)) + 1
+                raise TrainingDiverged(
+                    f"training diverged at step {step}: {name} is {values[np.argmax(bad)]}. The last good checkpoint "
+                    f"({run_dir / 'checkpoint.eqx'}, step {saved_step}) is kept; lower --optim.lr or set --optim.grad-clip."
+                )
+        chunks.append(chunk_metrics)
+        last["state"] = state
+        if int(state.step) // cfg.checkpoint_every > saved_step // cfg.checkpoint_every or int(state.step) >= total:
+            checkpoint(state)
+            saved_step = int(state.step)
+
+    remaining = total - int(state.step)
+    try:
+        if remaining > 0:
+            print(f"training {problem.name} with {cfg.method} for {remaining} steps -> {run_dir}")
+            fit(
+                trainer,
+                state,
+                problem.data,
+                num_steps=remaining,
+                batch_size=cfg.batch_size,
+                chunk_size=cfg.chunk_size,
+                progress=cfg.progress,
+                callback=callback,
+            )
+    except KeyboardInterrupt:
+        if int(last["state"].step) > saved_step:
+            checkpoint(last["state"])
+        print(
+            f"\ninterrupted: checkpoint at step {int(last['state'].step)} in {run_dir}; continue with --resume {run_dir}"
+        )
+        raise
+    if int(last["state"].step) > saved_step or not (run_dir / "checkpoint.json").exists():
+        checkpoint(last["state"])
+    if cfg.evaluate:
+        evaluate(EvalConfig(run=run_dir))
+        plot(PlotConfig(run=run_dir))
+    return run_dir
+
+
+def _w1(samples_fn, refs) -> float:
+    return float(np.mean([metrics.wasserstein1(samples_fn(r), ref) for r, ref in enumerate(refs)]))
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """W1 of 1-step and multistep samples to fresh target samples, the finite-sample floor
+    W1(data, data'), the W1 of exact-ODE samples from the same prior, and map_error per t."""
+    train_cfg, problem, trainer, state = load_run(cfg.run)
+    model = trainer.result(state)
+    schedule = model.schedule
+    target = problem.target
+    n, reps = cfg.num, cfg.repeats
+    refs = [np.asarray(target.sample(jr.key(10_000 + r), n)) for r in range(reps)]
+    result: dict = {"run": str(cfg.run), "num_points": n, "repeats": reps, "step": int(state.step)}
+    result["w1_floor"] = _w1(lambda r: np.asarray(target.sample(jr.key(20_000 + r), n)), refs)
+    exact = ExactConsistencyFunction(target, schedule, rtol=1e-6, atol=1e-6)
+    result["w1_exact_ode"] = _w1(lambda r: np.asarray(sample_model(exact, n, key=jr.key(30_000 + r))), refs[:2])
+    sd = train_cfg.model.sigma_data or problem.sigma_data
+    for steps in cfg.steps:
+        times = sampling_times(schedule, steps, sd)
+        result[f"w1_{steps}step"] = _w1(
+            lambda r, times=times: np.asarray(sample_model(model, n, times=times, key=jr.key(40_000 + r))), refs
+        )
+        result[f"times_{steps}step"] = np.asarray(times).tolist()
+    if isinstance(schedule, DiscreteVP):
+        ts = schedule.stage_times()[
+            jnp.asarray(
+                [1, schedule.num_steps // 8, schedule.num_steps // 4, schedule.num_steps // 2, schedule.num_steps - 1]
+            )
+        ]
+    else:
+        ts = jnp.asarray(
+            [float(schedule.time_at_noise(v * sd)) for v in (0.05, 0.2, 0.5, 1.0, 2.0, 8.0)] + [float(schedule.t_max)]
+        )
+    errs = metrics.map_error(model, target, ts, num_points=cfg.map_error_points, key=jr.key(50_000))
+    result["map_error"] = {f"{float(t):.4g}": float(e) for t, e in zip(ts, errs)}
+    path = pathlib.Path(cfg.run) / EVAL
+    _atomic_write(path, lambda f: f.write(json.dumps(result, indent=2).encode()))
+    floor = result["w1_floor"]
+    print(f"evaluation of {cfg.run} at step {result['step']} ({n} points, mean of {reps}):")
+    print(f"  W1 floor W1(data, data')  {floor:.4f}")
+    print(f"  W1 exact ODE samples      {result['w1_exact_ode']:.4f}")
+    for steps in cfg.steps:
+        w = result[f"w1_{steps}step"]
+        print(f"  W1 {steps}-step samples       {w:.4f}   ({w / floor:.2f}x floor)")
+    print("  map_error per t: " + ", ".join(f"t={k}: {v:.3g}" for k, v in result["map_error"].items()))
+    return result
+
+
+def sample(cfg: SampleConfig) -> pathlib.Path:
+    """Write `num` samples drawn with `steps`-step sampling to a .npy file."""
+    train_cfg, problem, trainer, state = load_run(cfg.run)
+    if cfg.num < 1:
+        raise ConfigError(f"--num must be at least 1, got {cfg.num}.")
+    model = trainer.result(state)
+    times = sampling_times(model.schedule, cfg.steps, train_cfg.model.sigma_data or problem.sigma_data)
+    xs = np.asarray(sample_model(model, cfg.num, times=times, key=jr.key(cfg.seed)))
+    out = pathlib.Path(cfg.out)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True)
+    np.save(out, xs)
+    print(f"wrote {cfg.num} samples ({cfg.steps}-step) of dimension {xs.shape[1]} to {out}")
+    return out
+
+
+def plot(cfg: PlotConfig) -> list[pathlib.Path]:
+    """Figures as PNG in RUN/figures."""
+    from . import plots
+
+    train_cfg, problem, trainer, state = load_run(cfg.run)
+    out_dir = pathlib.Path(cfg.run) / "figures"
+    out_dir.mkdir(exist_ok=True)
+    history = _load_history(pathlib.Path(cfg.run), int(state.step))
+    eval_path = pathlib.Path(cfg.run) / EVAL
+    evaluation = json.loads(eval_path.read_text()) if eval_path.exists() else None
+    sd = train_cfg.model.sigma_data or problem.sigma_data
+    paths = plots.make_figures(trainer.result(state), problem, history, evaluation, out_dir, num=cfg.num, sigma_data=sd)
+    print("figures: " + ", ".join(os.fspath(p) for p in paths))
+    return paths
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "TrainingDiverged",
+    "evaluate",
+    "load_run",
+    "plot",
+    "sample",
+    "train",
+    "StagedConsistencyModel",
+]

@@ -1,0 +1,198 @@
+"""From a TrainConfig to the problem (target, data) and the method (model, trainer, schedule)."""
+
+import dataclasses
+import pathlib
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+
+from .. import presets
+from .._consistency import AbstractConsistencyModel, ConsistencyFunction, EDMScalings, StagedConsistencyModel
+from .._nets import ConvNet, MLP
+from .._schedules import AbstractSchedule, DiscreteVP, VarianceExploding
+from .._targets import AbstractTarget, Empirical, GaussianMixture
+from ..training import AbstractTrainer, cd, ct, ExactVelocity, ict, staged_shared, StagedConsistencyTraining
+from .config import TrainConfig
+
+
+class ConfigError(ValueError):
+    """An option (or a file it names) is not usable; the message names the option and the fix."""
+
+
+@dataclasses.dataclass
+class Problem:
+    name: str
+    target: AbstractTarget
+    data: object  # what fit() samples from: the target itself or an (N, d) array
+    sigma_data: float
+    image_shape: tuple[int, int, int] | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.target.dim
+
+
+def _load_points(path: pathlib.Path) -> np.ndarray:
+    if not path.exists():
+        raise ConfigError(f"--data {path}: no such file.")
+    try:
+        points = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise ConfigError(f"--data {path}: not a readable .npy array ({err}).") from err
+    if points.ndim != 2 or points.shape[0] < 2 or points.shape[1] < 1:
+        raise ConfigError(f"--data {path}: expected an (n, d) array with n >= 2, got shape {points.shape}.")
+    if not np.issubdtype(points.dtype, np.number) or not np.all(np.isfinite(points)):
+        raise ConfigError(f"--data {path}: the array must be finite real numbers.")
+    return points.astype(np.float64)
+
+
+def _load_mixture(path: pathlib.Path) -> GaussianMixture:
+    if not path.exists():
+        raise ConfigError(f"--target {path}: no such file.")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("weights", "means", "covs") if k not in f.files]
+            if missing:
+                raise ConfigError(
+                    f"--target {path}: missing array(s) {missing}; need weights (K,), means (K, d), covs (K, d, d)."
+                )
+            weights, means, covs = (np.asarray(f[k], dtype=np.float64) for k in ("weights", "means", "covs"))
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"--target {path}: not a readable .npz file ({err}).") from err
+    try:
+        return GaussianMixture(jnp.asarray(weights), jnp.asarray(means), jnp.asarray(covs))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"--target {path}: {err}") from err
+
+
+def build_problem(cfg: TrainConfig) -> Problem:
+    if cfg.data is not None and cfg.target is not None:
+        raise ConfigError("Pass --data or --target, not both.")
+    if cfg.data is not None:
+        points = _load_points(cfg.data)
+        target = Empirical(jnp.asarray(points))
+        sigma = float(np.sqrt(np.mean(np.var(points, axis=0))))
+        return Problem(cfg.data.stem, target, jnp.asarray(points), sigma)
+    if cfg.target is not None:
+        target = _load_mixture(cfg.target)
+        sigma = float(jnp.sqrt(jnp.trace(target.covariance()) / target.dim))
+        return Problem(cfg.target.stem, target, target, sigma)
+    if cfg.preset == "gmm2d":
+        target = presets.gmm2d()
+    elif cfg.preset == "gaussian":
+        if cfg.dim < 1:
+            raise ConfigError(f"--dim must be at least 1, got {cfg.dim}.")
+        target = presets.gaussian(cfg.dim)
+    elif cfg.preset == "digits":
+        target = presets.digits()
+        sigma = float(jnp.sqrt(jnp.trace(target.covariance()) / target.dim))
+        return Problem("digits", target, target.points, sigma, image_shape=(1, 8, 8))
+    else:  # tyro validates the Literal; direct API callers get a clear message too
+        raise ConfigError(f"Unknown --preset {cfg.preset!r}; choose gmm2d, gaussian or digits.")
+    sigma = float(jnp.sqrt(jnp.trace(target.covariance()) / target.dim))
+    return Problem(cfg.preset, target, target, sigma)
+
+
+def _optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    o = cfg.optim
+    if not o.lr > 0:
+        raise ConfigError(f"--optim.lr must be positive, got {o.lr}.")
+    warmup = min(o.warmup, max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, o.lr, warmup, max(total_steps, warmup + 1), o.lr * o.final_lr_fraction
+    )
+    parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip is not None else []
+    return optax.chain(*parts, optax.adam(schedule))
+
+
+def _network(cfg: TrainConfig, problem: Problem, key, width: int | None = None, depth: int | None = None):
+    m = cfg.model
+    arch = m.architecture
+    if arch == "auto":
+        arch = "conv" if problem.image_shape is not None else "mlp"
+    if arch == "conv":
+        if problem.image_shape is None:
+            raise ConfigError("--model.architecture conv needs image data (the digits preset).")
+        return ConvNet(
+            problem.image_shape, channels=width or m.width, dropout=m.dropout, embedding=m.embedding, key=key
+        )
+    return MLP(
+        problem.dim,
+        width=width or m.width,
+        depth=m.depth if depth is None else depth,
+        embedding=m.embedding,
+        dropout=m.dropout,
+        key=key,
+    )
+
+
+def li_schedule(cfg: TrainConfig) -> DiscreteVP:
+    s = cfg.staged
+    try:
+        return DiscreteVP.li_huang_wei(s.num_stages, s.c0, s.c1)
+    except ValueError as err:
+        raise ConfigError(f"--staged.num-stages/c0/c1: {err}") from err
+
+
+def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, AbstractConsistencyModel, int]:
+    """(trainer, initial model, number of steps)."""
+    if cfg.steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {cfg.steps}.")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {cfg.batch_size}.")
+    sigma_data = cfg.model.sigma_data or problem.sigma_data
+    scalings = EDMScalings(sigma_data)
+    key = jr.key(cfg.seed)
+    steps = cfg.steps
+    optimizer = _optimizer(cfg, steps)
+    ve = VarianceExploding(0.002, 80.0)
+    method = cfg.method
+    if method in ("cd", "ct", "ict"):
+        model = ConsistencyFunction(_network(cfg, problem, key), ve, scalings)
+        if method == "cd":
+            c = cfg.cd
+            trainer = cd(
+                optimizer, ExactVelocity(problem.target, ve), num_scales=c.num_scales, mu=c.mu, method=c.solver
+            )
+        elif method == "ct":
+            c = cfg.ct
+            trainer = ct(optimizer, steps, s0=c.s0, s1=c.s1, mu0=c.mu0)
+        else:
+            c = cfg.ict
+            trainer = ict(optimizer, steps, s0=c.s0, s1=c.s1, p_mean=c.p_mean, p_std=c.p_std, huber_c=c.huber_c)
+        return trainer, model, steps
+    li = li_schedule(cfg)
+    if method == "staged-shared":
+        model = ConsistencyFunction(_network(cfg, problem, key), li, scalings)
+        return staged_shared(optimizer, li.stage_times(), ema_rate=0.999), model, steps
+    mode = "sequential" if method == "staged" else "simultaneous"
+    model = StagedConsistencyModel.init(
+        lambda k: _network(cfg, problem, k, width=cfg.staged.width, depth=cfg.staged.depth),
+        li,
+        scalings=scalings,
+        key=key,
+    )
+    if mode == "sequential":
+        per_stage = max(1, steps // (li.num_steps - 1))
+        lr = optax.exponential_decay(cfg.optim.lr, per_stage, 0.05)
+        parts = [optax.clip_by_global_norm(cfg.optim.grad_clip)] if cfg.optim.grad_clip is not None else []
+        trainer = StagedConsistencyTraining(optax.chain(*parts, optax.adam(lr)), mode, steps_per_stage=per_stage)
+        return trainer, model, per_stage * (li.num_steps - 1)
+    return StagedConsistencyTraining(optimizer, mode, steps_per_stage=steps), model, steps
+
+
+def sampling_times(schedule: AbstractSchedule, steps: int, sigma_data: float) -> jnp.ndarray:
+    """Times for `steps`-step sampling: t_max, then noise levels 2 sigma_d, sigma_d, sigma_d/2, ...
+    (for a staged model the nearest stage times)."""
+    if steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}.")
+    levels = [2.0 * sigma_data * 0.5**j for j in range(steps - 1)]
+    times = [float(schedule.t_max)] + [float(schedule.time_at_noise(n)) for n in levels]
+    if isinstance(schedule, DiscreteVP):
+        times = [float(np.clip(np.round(t), 2, schedule.num_steps)) for t in times]
+        times = sorted(set(times), reverse=True)
+    return jnp.asarray(times)

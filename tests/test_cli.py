@@ -1,0 +1,211 @@
+"""The `ctjax` command: every subcommand with tiny budgets, one-line errors, and a run killed
+mid-training that resumes to exactly the state of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ctjax.experiments import cli
+
+
+TINY = ["--model.width", "16", "--model.depth", "1", "--batch-size", "32", "--no-progress", "--no-evaluate"]
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_eval_sample_plot(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, _ = _run(
+        ["train", "--steps", "40", "--out", str(run), "--checkpoint-every", "20", "--chunk-size", "20", *TINY], capsys
+    )
+    assert code == 0, out
+    config = json.loads((run / "config.json").read_text())
+    assert config["steps"] == 40 and config["method"] == "cd" and config["model"]["width"] == 16
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 40
+    with np.load(run / "history.npz") as h:
+        assert h["loss"].shape == (40,) and np.all(np.isfinite(h["loss"]))
+
+    code, out, _ = _run(["eval", str(run), "--num", "300", "--repeats", "2", "--map-error-points", "64"], capsys)
+    assert code == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["step"] == 40
+    # The exact flow sampled through the same pipeline is as good as fresh data (it can fail:
+    # a wrong prior, schedule or evaluation would put it far above the floor).
+    assert result["w1_exact_ode"] < 1.6 * result["w1_floor"]
+    assert result["w1_1step"] > result["w1_exact_ode"]  # 40 steps of training are not enough
+    assert len(result["map_error"]) == 7 and all(v >= 0 for v in result["map_error"].values())
+    assert "1-step samples" in out and "floor" in out
+
+    samples = tmp_path / "s.npy"
+    code, out, _ = _run(["sample", str(run), "--num", "17", "--steps", "3", "--out", str(samples)], capsys)
+    assert code == 0
+    xs = np.load(samples)
+    assert xs.shape == (17, 2) and np.all(np.isfinite(xs))
+
+    code, out, _ = _run(["plot", str(run), "--num", "200"], capsys)
+    assert code == 0
+    for name in ["loss.png", "map_error.png", "samples.png", "trajectories.png"]:
+        assert (run / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_user_data_and_user_mixture(tmp_path, capsys):
+    pts = np.random.default_rng(0).normal(size=(50, 3))
+    np.save(tmp_path / "cloud.npy", pts)
+    code, _, _ = _run(
+        ["train", "--data", str(tmp_path / "cloud.npy"), "--steps", "4", "--out", str(tmp_path / "a"), *TINY], capsys
+    )
+    assert code == 0 and json.loads((tmp_path / "a" / "config.json").read_text())["data"].endswith("cloud.npy")
+    np.savez(
+        tmp_path / "mix.npz",
+        weights=np.array([0.3, 0.7]),
+        means=np.array([[0.0, 1.0], [2.0, -1.0]]),
+        covs=np.stack([np.eye(2) * 0.1] * 2),
+    )
+    code, _, _ = _run(
+        ["train", "--target", str(tmp_path / "mix.npz"), "--steps", "4", "--out", str(tmp_path / "b"), *TINY], capsys
+    )
+    assert code == 0
+    code, out, _ = _run(["sample", str(tmp_path / "b"), "--num", "5", "--out", str(tmp_path / "b.npy")], capsys)
+    assert code == 0 and np.load(tmp_path / "b.npy").shape == (5, 2)
+
+
+def test_digits_figure(tmp_path, capsys):
+    run = tmp_path / "digits"
+    code, _, _ = _run(
+        [
+            "train",
+            "--preset",
+            "digits",
+            "--steps",
+            "2",
+            "--out",
+            str(run),
+            "--model.width",
+            "8",
+            "--batch-size",
+            "8",
+            "--no-progress",
+            "--no-evaluate",
+        ],
+        capsys,
+    )
+    assert code == 0
+    code, _, _ = _run(["plot", str(run), "--num", "50"], capsys)
+    assert code == 0
+    assert (run / "figures" / "digits.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["train", "--steps", "abc"], "--steps"),
+        (["train", "--preset", "mnist"], "mnist"),
+        (["train", "--method", "magic"], "magic"),
+        (["train", "--no-such-flag"], "no-such-flag"),
+        (["train", "--data", "/nonexistent/x.npy", *TINY], "no such file"),
+        (["train", "--resume", "/nonexistent/run", *TINY], "not a run directory"),
+        (["train", "--optim.lr", "-1", "--steps", "3", *TINY], "lr must be positive"),
+        (["train", "--staged.num-stages", "4", "--method", "staged", *TINY], "c1 log"),
+        (["eval", "/nonexistent/run"], "not a ctjax run directory"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_bad_options_give_one_line_errors(argv, match, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ctjax: error:"), err
+    assert match in lines[0]
+
+
+def test_bad_checkpoint_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--steps", "2", "--out", str(run), *TINY]) == 0
+    (run / "checkpoint.eqx").write_bytes(b"garbage")
+    capsys.readouterr()
+    assert cli.main(["eval", str(run)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def _train_cmd(out, steps, extra=()):
+    return [
+        sys.executable,
+        "-m",
+        "ctjax.experiments.cli",
+        "train",
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--chunk-size",
+        "5",
+        "--checkpoint-every",
+        "5",
+        *TINY,
+        *extra,
+    ]
+
+
+def test_killed_run_resumes_bit_identically(tmp_path):
+    """SIGKILL a training process mid-run; `--resume` must end exactly where an uninterrupted run ends."""
+    # The same fast-compile settings and shared cache as the test process (tests/conftest.py).
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(__file__), "..", ".jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    steps = 600
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_train_cmd(full, steps), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(killed, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = killed / "checkpoint.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if meta.exists():
+            try:
+                if 0 < json.loads(meta.read_text())["step"] < steps // 2:
+                    break
+            except (json.JSONDecodeError, KeyError):
+                pass
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = json.loads(meta.read_text())["step"]
+    assert 0 < stopped_at < steps, stopped_at
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ctjax.experiments.cli",
+            "train",
+            "--resume",
+            str(killed),
+            "--no-progress",
+            "--no-evaluate",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {killed} at step {stopped_at}" in resumed.stdout
+    assert (full / "checkpoint.eqx").read_bytes() == (killed / "checkpoint.eqx").read_bytes()
+    with np.load(full / "history.npz") as a, np.load(killed / "history.npz") as b:
+        assert np.array_equal(a["loss"], b["loss"])
