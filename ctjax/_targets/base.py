@@ -49,6 +49,13 @@ class AbstractTarget(eqx.Module):
     def posterior_covariance(self, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike) -> Float[Array, "dim dim"]:
         """$Cov[x_0 \\mid \\alpha x_0 + \\sigma z = x]$."""
 
+    @abc.abstractmethod
+    def sample_posterior(
+        self, key: PRNGKeyArray, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike, num: int
+    ) -> Float[Array, "num dim"]:
+        """`num` independent draws of $x_0 \\mid \\alpha x_0 + \\sigma z = x$, shape `(num, dim)`, in the dtype
+        of `x`. (The key comes first, as in `sample`.)"""
+
     def log_prob(self, x: ArrayLike) -> Array:
         """$\\log p_{data}(x)$."""
         return self.marginal_log_prob(x, 1.0, 0.0)

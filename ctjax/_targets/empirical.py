@@ -95,6 +95,16 @@ class Empirical(AbstractTarget):
         cov = jnp.einsum("n,ni,nj->ij", w, centred, centred)
         return jnp.where(sigma > 0, cov, jnp.zeros_like(cov))
 
+    def sample_posterior(
+        self, key: PRNGKeyArray, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike, num: int
+    ) -> Float[Array, "num dim"]:
+        """Atoms drawn by the posterior weights; at zero noise every draw is $x/\\alpha$."""
+        sigma = jnp.asarray(sigma)
+        x, points, logits = self._logits(x, alpha, sigma)
+        idx = jr.categorical(key, logits, shape=(int(num),))
+        at_zero = jnp.broadcast_to((x / jnp.asarray(alpha).astype(x.dtype))[None, :], (int(num), self.dim))
+        return jnp.where(sigma > 0, points[idx], at_zero)
+
     def marginal_log_prob(self, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike) -> Array:
         self._require_noise(sigma, "marginal_log_prob")
         x, _, logits = self._logits(x, alpha, sigma)

@@ -75,3 +75,14 @@ class Gaussian(AbstractTarget):
     def posterior_covariance(self, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike) -> Float[Array, "dim dim"]:
         x, params = self._params(x)
         return mm.posterior_covariance(x, alpha, sigma, *params)
+
+    def sample_posterior(
+        self, key: PRNGKeyArray, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike, num: int
+    ) -> Float[Array, "num dim"]:
+        """Draws from the exact posterior
+        $N(D(x), U \\mathrm{diag}(\\lambda\\sigma^2/(\\alpha^2\\lambda + \\sigma^2)) U^\\top)$."""
+        x, _, eigvals, eigvecs = cast_like(x, self.loc, self.eigvals, self.eigvecs)
+        alpha, sigma = (jnp.asarray(c).astype(x.dtype) for c in (alpha, sigma))
+        std = jnp.sqrt(eigvals * sigma**2 / (alpha**2 * eigvals + sigma**2))
+        z = jr.normal(key, (int(num), self.dim), dtype=x.dtype)
+        return self.posterior_mean(x, alpha, sigma)[None, :] + (z * std[None, :]) @ eigvecs.T

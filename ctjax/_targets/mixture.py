@@ -115,3 +115,18 @@ class GaussianMixture(AbstractTarget):
         """$P(\\text{component } k \\mid \\alpha x_0 + \\sigma z = x)$."""
         x, *params = self._params(x)
         return jax.nn.softmax(mm._terms(x, alpha, sigma, *params)[2])
+
+    def sample_posterior(
+        self, key: PRNGKeyArray, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike, num: int
+    ) -> Float[Array, "num dim"]:
+        """A component $k$ by the responsibilities, then a draw from that component's posterior
+        $N(m_k, U_k \\mathrm{diag}(\\lambda_k\\sigma^2/(\\alpha^2\\lambda_k + \\sigma^2)) U_k^\\top)$."""
+        x, *params = self._params(x)
+        alpha, sigma = (jnp.asarray(c).astype(x.dtype) for c in (alpha, sigma))
+        resp, comp_means, var = mm._component_posteriors(x, alpha, sigma, *params)
+        eigvals, eigvecs = params[2], params[3]
+        std = jnp.sqrt(eigvals * sigma**2 / var)  # (K, d): within-component posterior standard deviations
+        kc, kz = jr.split(key)
+        comp = jr.categorical(kc, jnp.log(resp), shape=(int(num),))
+        z = jr.normal(kz, (int(num), self.dim), dtype=x.dtype)
+        return comp_means[comp] + jnp.einsum("nij,nj->ni", eigvecs[comp], z * std[comp])
