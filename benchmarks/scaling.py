@@ -122,6 +122,8 @@ def trained_study(ts, steps_per_stage, width, depth, num_points, seed=0):
             if name == "gaussian2d":
                 alphas, sigmas = ctjax.theory.stage_grid(schedule)
                 row["w2_exact_minimisers"] = ctjax.theory.staged_ct_gaussian(target, alphas, sigmas).w2()
+                lip = ctjax.theory.gaussian_flow_lipschitz(target, alphas, sigmas)
+                row["theorem1_bound_C1"] = float(ctjax.theory.theorem1_bound(T, 2, lip))
             rows.append(row)
             print(f"  trained {name:10s} T={T:4d}  RMS |f_T - Phi_T| = {err:.4f}  ({seconds:.0f}s)", flush=True)
     return rows
@@ -154,9 +156,10 @@ def plot_trained(rows, path):
         sub = [r for r in rows if r["problem"] == name]
         ax.loglog([r["T"] for r in sub], [r["rms_map_error"] for r in sub], style, label=f"trained, {name}")
     sub = [r for r in rows if r["problem"] == "gaussian2d"]
-    ax.loglog(
-        [r["T"] for r in sub], [r["w2_exact_minimisers"] for r in sub], "k--", label="exact minimisers, gaussian2d"
-    )
+    ts = [r["T"] for r in sub]
+    ax.loglog(ts, [r["w2_exact_minimisers"] for r in sub], "k--", label="exact minimisers, gaussian2d")
+    if all("theorem1_bound_C1" in r for r in sub):
+        ax.loglog(ts, [r["theorem1_bound_C1"] for r in sub], "r:", label="Theorem 1 bound ($C_1 = 1$), gaussian2d")
     ax.set_xlabel("T (stages)")
     ax.set_ylabel(r"RMS $\|f_T - \Phi_T\|$ on $X_T$")
     ax.legend(fontsize=8)
@@ -175,7 +178,14 @@ def main():
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--num-points", type=int, default=500)
     parser.add_argument("--skip-trained", action="store_true")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figures from scaling.json")
     args = parser.parse_args()
+    if args.plot_only:
+        saved = json.loads((RESULTS / "scaling.json").read_text())
+        plot_exact(saved["exact"], FIGURES / "scaling_exact.png")
+        if "trained" in saved:
+            plot_trained(saved["trained"], FIGURES / "scaling_trained.png")
+        return
     jax.config.update("jax_enable_x64", True)
     ts = [2**k for k in range(4, args.max_log2_T + 1)]
     ds = [int(v) for v in args.dims.split(",")]
