@@ -58,6 +58,29 @@ def test_train_eval_sample_plot(tmp_path, capsys):
         assert (run / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("method", ["sct", "scd", "ect"])
+def test_continuous_time_and_ect_methods(method, tmp_path, capsys):
+    """Each method trains under the CLI with its options passed through (sCM's tangent warm-up over 2
+    steps; ECT's 2 stages of 3 steps) and its run evaluates (TrigFlow sampling for sct/scd)."""
+    run = tmp_path / method
+    options = ["--scm.warmup-steps", "2"] if method != "ect" else ["--ect.num-stages", "2"]
+    code, out, _ = _run(
+        ["train", "--method", method, "--steps", "6", "--chunk-size", "3", "--out", str(run), *options, *TINY], capsys
+    )
+    assert code == 0, out
+    assert json.loads((run / "config.json").read_text())["method"] == method
+    with np.load(run / "history.npz") as h:
+        assert h["loss"].shape == (6,) and np.all(np.isfinite(h["loss"]))
+        if method == "ect":
+            assert h["stage"].tolist() == [0, 0, 0, 1, 1, 1]
+        else:
+            assert h["warmup_ratio"].tolist() == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]
+    code, out, _ = _run(["eval", str(run), "--num", "300", "--repeats", "2", "--map-error-points", "64"], capsys)
+    assert code == 0, out
+    result = json.loads((run / "eval.json").read_text())
+    assert result["w1_exact_ode"] < 1.6 * result["w1_floor"] < result["w1_1step"]  # 6 steps are not enough
+
+
 def test_user_data_and_user_mixture(tmp_path, capsys):
     pts = np.random.default_rng(0).normal(size=(50, 3))
     np.save(tmp_path / "cloud.npy", pts)

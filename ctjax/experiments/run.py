@@ -17,7 +17,7 @@ from .._schedules import DiscreteVP
 from ..training import fit
 from .checkpoint import _atomic_write, CheckpointError, load_checkpoint, save_checkpoint
 from .config import EvalConfig, PlotConfig, SampleConfig, to_json, train_config_from_json, TrainConfig
-from .setup import build_method, build_problem, ConfigError, sampling_times
+from .setup import build_mesh, build_method, build_problem, ConfigError, options_named, sampling_times
 
 
 CONFIG = "config.json"
@@ -49,17 +49,25 @@ def _load_history(run_dir: pathlib.Path, upto: int) -> dict[str, np.ndarray]:
         return {k: f[k][:upto] for k in f.files}
 
 
+def _read_config(run_dir: pathlib.Path) -> TrainConfig:
+    try:
+        return train_config_from_json(json.loads((run_dir / CONFIG).read_text()))
+    except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{run_dir / CONFIG} is corrupt or not a ctjax run configuration ({err}).") from err
+
+
 def load_run(run_dir: pathlib.Path | str):
     """(config, problem, trainer, state) of a saved run, from its config and last checkpoint."""
     run_dir = pathlib.Path(run_dir)
     if not (run_dir / CONFIG).exists():
         raise ConfigError(f"{run_dir} is not a ctjax run directory (no {CONFIG}).")
-    cfg = train_config_from_json(json.loads((run_dir / CONFIG).read_text()))
+    cfg = _read_config(run_dir)
     if cfg.x64:
         jax.config.update("jax_enable_x64", True)
-    problem = build_problem(cfg)
-    trainer, model, _ = build_method(cfg, problem)
-    state = trainer.init(model, key=jr.key(cfg.seed))
+    with options_named(cfg):
+        problem = build_problem(cfg)
+        trainer, model, _ = build_method(cfg, problem)
+        state = trainer.init(model, key=jr.key(cfg.seed))
     state, _ = load_checkpoint(run_dir, state)
     return cfg, problem, trainer, state
 
@@ -72,8 +80,19 @@ def train(cfg: TrainConfig) -> pathlib.Path:
         run_dir = cfg.resume
         if not (run_dir / CONFIG).exists():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no {CONFIG}).")
-        saved = train_config_from_json(json.loads((run_dir / CONFIG).read_text()))
-        cfg = type(saved)(**{**saved.__dict__, "resume": run_dir, "progress": cfg.progress, "evaluate": cfg.evaluate})
+        saved = _read_config(run_dir)
+        cfg = type(saved)(
+            **{
+                **saved.__dict__,
+                "resume": run_dir,
+                "progress": cfg.progress,
+                "evaluate": cfg.evaluate,
+                "devices": cfg.devices,
+            }
+        )
+        # Temporary files of a write that was killed: the checkpoint they were to replace is intact.
+        for stale in run_dir.glob("*.tmp"):
+            stale.unlink(missing_ok=True)
     else:
         run_dir = cfg.out or _default_out(cfg)
         if (run_dir / "checkpoint.json").exists():
@@ -84,9 +103,11 @@ def train(cfg: TrainConfig) -> pathlib.Path:
         raise ConfigError("--checkpoint-every and --chunk-size must be at least 1.")
     if cfg.x64:
         jax.config.update("jax_enable_x64", True)
-    problem = build_problem(cfg)
-    trainer, model, total = build_method(cfg, problem)
-    state = trainer.init(model, key=jr.key(cfg.seed))
+    with options_named(cfg):
+        problem = build_problem(cfg)
+        trainer, model, total = build_method(cfg, problem)
+        mesh = build_mesh(cfg.devices, cfg.batch_size)
+        state = trainer.init(model, key=jr.key(cfg.seed))
     history: dict[str, np.ndarray] = {}
     if cfg.resume is not None:
         state, meta = load_checkpoint(run_dir, state)
@@ -101,18 +122,29 @@ def train(cfg: TrainConfig) -> pathlib.Path:
 
     def checkpoint(state):
         merged = {k: np.concatenate([c[k] for c in chunks if k in c]) for k in chunks[0]} if chunks else {}
-        save_checkpoint(run_dir, state, {"step": int(state.step), "total_steps": total, "time": time.time()})
+        # History first: a resumed run cuts it to the checkpoint's step, so a kill between the two
+        # writes leaves it too long (harmless), never too short (lost steps).
         _save_history(run_dir, merged)
+        save_checkpoint(run_dir, state, {"step": int(state.step), "total_steps": total, "time": time.time()})
 
     def callback(state, chunk_metrics):
         nonlocal saved_step
-        for name, values in chunk_metrics.items():
+        # The loss and the gradient norm first: they are what diverges; then any other metric.
+        names = sorted(chunk_metrics, key=lambda k: (k not in ("loss", "grad_norm"), k))
+        for name in names:
+            values = np.asarray(chunk_metrics[name])
             bad = ~np.isfinite(values)
             if np.any(bad):
-                step = int(state.step) - len(values) + int(np.argmax(bad)) + 1
+                first = int(np.argmax(bad))
+                step = int(state.step) - len(values) + first + 1
+                quantity = {"loss": "the loss", "grad_norm": "the gradient norm (grad_norm)"}.get(name, name)
+                if (run_dir / "checkpoint.json").exists():
+                    kept = f"The last good checkpoint, {run_dir / 'checkpoint.eqx'} at step {saved_step}, is kept"
+                else:
+                    kept = f"No checkpoint had been written yet to {run_dir}"
                 raise TrainingDiverged(
-                    f"training diverged at step {step}: {name} is {values[np.argmax(bad)]}. The last good checkpoint "
-                    f"({run_dir / 'checkpoint.eqx'}, step {saved_step}) is kept; lower --optim.lr or set --optim.grad-clip."
+                    f"training diverged at step {step}: {quantity} is {values[first]}. {kept}; "
+                    "lower --optim.lr or set --optim.grad-clip."
                 )
         chunks.append(chunk_metrics)
         last["state"] = state
@@ -132,6 +164,7 @@ def train(cfg: TrainConfig) -> pathlib.Path:
                 batch_size=cfg.batch_size,
                 chunk_size=cfg.chunk_size,
                 progress=cfg.progress,
+                mesh=mesh,
                 callback=callback,
             )
     except KeyboardInterrupt:

@@ -1,7 +1,9 @@
 """From a TrainConfig to the problem (target, data) and the method (model, trainer, schedule)."""
 
+import contextlib
 import dataclasses
 import pathlib
+import re
 
 import jax.numpy as jnp
 import jax.random as jr
@@ -9,11 +11,27 @@ import numpy as np
 import optax
 
 from .. import presets
-from .._consistency import AbstractConsistencyModel, ConsistencyFunction, EDMScalings, StagedConsistencyModel
+from .._consistency import (
+    AbstractConsistencyModel,
+    ConsistencyFunction,
+    EDMScalings,
+    StagedConsistencyModel,
+    TrigFlowScalings,
+)
 from .._nets import ConvNet, MLP
-from .._schedules import AbstractSchedule, DiscreteVP, VarianceExploding
+from .._schedules import AbstractSchedule, DiscreteVP, TrigFlow, VarianceExploding
 from .._targets import AbstractTarget, Empirical, GaussianMixture
-from ..training import AbstractTrainer, cd, ct, ExactVelocity, ict, staged_shared, StagedConsistencyTraining
+from ..training import (
+    AbstractTrainer,
+    cd,
+    ContinuousConsistencyTrainer,
+    ct,
+    ect,
+    ExactVelocity,
+    ict,
+    staged_shared,
+    StagedConsistencyTraining,
+)
 from .config import TrainConfig
 
 
@@ -112,19 +130,20 @@ def _optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformati
 def _network(cfg: TrainConfig, problem: Problem, key, width: int | None = None, depth: int | None = None):
     m = cfg.model
     arch = m.architecture
+    embedding = m.embedding
+    if embedding == "auto":  # sCM's tangents need dF/dt: no high-frequency Fourier features of t
+        embedding = "sinusoidal" if cfg.method in ("sct", "scd") else "fourier"
     if arch == "auto":
         arch = "conv" if problem.image_shape is not None else "mlp"
     if arch == "conv":
         if problem.image_shape is None:
             raise ConfigError("--model.architecture conv needs image data (the digits preset).")
-        return ConvNet(
-            problem.image_shape, channels=width or m.width, dropout=m.dropout, embedding=m.embedding, key=key
-        )
+        return ConvNet(problem.image_shape, channels=width or m.width, dropout=m.dropout, embedding=embedding, key=key)
     return MLP(
         problem.dim,
         width=width or m.width,
         depth=m.depth if depth is None else depth,
-        embedding=m.embedding,
+        embedding=embedding,
         dropout=m.dropout,
         key=key,
     )
@@ -165,6 +184,44 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
             c = cfg.ict
             trainer = ict(optimizer, steps, s0=c.s0, s1=c.s1, p_mean=c.p_mean, p_std=c.p_std, huber_c=c.huber_c)
         return trainer, model, steps
+    if method in ("sct", "scd"):
+        c = cfg.scm
+        trig = TrigFlow(sigma_data)
+        model = ConsistencyFunction(_network(cfg, problem, key), trig, TrigFlowScalings(sigma_data, c.time_scale))
+        velocity = ExactVelocity(problem.target, trig) if method == "scd" else None  # as for cd
+        try:
+            trainer = ContinuousConsistencyTrainer(
+                optimizer,
+                velocity,
+                warmup_steps=c.warmup_steps,
+                tangent_normalisation=c.tangent_normalisation,
+                normalisation_const=c.normalisation_const,
+                adaptive_weighting=c.adaptive_weighting,
+                p_mean=c.p_mean,
+                p_std=c.p_std,
+            )
+        except ValueError as err:
+            raise ConfigError(f"--scm: {err}") from err
+        return trainer, model, steps
+    if method == "ect":
+        c = cfg.ect
+        model = ConsistencyFunction(_network(cfg, problem, key), ve, scalings)
+        try:
+            trainer = ect(
+                optimizer,
+                steps,
+                num_stages=c.num_stages,
+                q=c.q,
+                k=c.k,
+                b=c.b,
+                huber_c=c.huber_c,
+                p_mean=c.p_mean,
+                p_std=c.p_std,
+                stage_offset=c.stage_offset,
+            )
+        except ValueError as err:
+            raise ConfigError(f"--ect: {err}") from err
+        return trainer, model, steps
     li = li_schedule(cfg)
     if method == "staged-shared":
         model = ConsistencyFunction(_network(cfg, problem, key), li, scalings)
@@ -183,6 +240,60 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
         trainer = StagedConsistencyTraining(optax.chain(*parts, optax.adam(lr)), mode, steps_per_stage=per_stage)
         return trainer, model, per_stage * (li.num_steps - 1)
     return StagedConsistencyTraining(optimizer, mode, steps_per_stage=steps), model, steps
+
+
+def build_mesh(devices: int, batch_size: int):
+    """A one-axis ("data") mesh over the first `devices` of `jax.devices()`, or None for 0."""
+    import jax
+
+    if devices < 0:
+        raise ConfigError(f"--devices must be 0 (the default device) or a positive count, got {devices}.")
+    if devices == 0:
+        return None
+    available = jax.devices()
+    if devices > len(available):
+        raise ConfigError(
+            f"--devices {devices}: only {len(available)} {available[0].platform} device(s) available; "
+            f"pass --devices {len(available)} or fewer (for CPU testing, set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={devices})."
+        )
+    if batch_size % devices:
+        raise ConfigError(
+            f"--batch-size {batch_size} must be divisible by --devices {devices}; "
+            f"try --batch-size {devices * max(1, round(batch_size / devices))}."
+        )
+    auto = (jax.sharding.AxisType.Auto,)
+    return jax.make_mesh((devices,), ("data",), axis_types=auto, devices=available[:devices])
+
+
+def _options_in(cfg: TrainConfig, message: str) -> list[str]:
+    """The command-line options whose field names a library error message mentions, searching the
+    section of the configured method first, then --model and --optim (backticked names also at the top)."""
+    words = set(re.findall(r"[A-Za-z_]\w*", message))
+    quoted = set(re.findall(r"`(\w+)`", message))
+    section = cfg.method.split("-")[0]
+    found = []
+    for name in (section, "model", "optim"):
+        sub = getattr(cfg, name, None)
+        if dataclasses.is_dataclass(sub):
+            found += [f"--{name}.{f.name.replace('_', '-')}" for f in dataclasses.fields(sub) if f.name in words]
+    if not found:
+        found = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cfg) if f.name in quoted]
+    return found
+
+
+@contextlib.contextmanager
+def options_named(cfg: TrainConfig):
+    """Re-raise a ValueError or TypeError of the library, raised while building from `cfg`, as a
+    ConfigError that names the option (the library's message names the argument)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        options = _options_in(cfg, str(err))
+        where = "/".join(options) if options else "invalid configuration"
+        raise ConfigError(f"{where}: {err}") from err
 
 
 def sampling_times(schedule: AbstractSchedule, steps: int, sigma_data: float) -> jnp.ndarray:

@@ -2,6 +2,12 @@
 
 from .base import AbstractTrainer as AbstractTrainer
 from .consistency import cd as cd, ConsistencyTrainer as ConsistencyTrainer, ct as ct, ict as ict
+from .continuous import (
+    AdaptiveWeighting as AdaptiveWeighting,
+    ContinuousConsistencyTrainer as ContinuousConsistencyTrainer,
+    scd as scd,
+    sct as sct,
+)
 from .curricula import (
     AbstractCurriculum as AbstractCurriculum,
     AbstractGrid as AbstractGrid,
@@ -19,6 +25,13 @@ from .curricula import (
     StopGradientTeacher as StopGradientTeacher,
     UniformIndex as UniformIndex,
 )
+from .diffusion import (
+    DenoisingTrainer as DenoisingTrainer,
+    diffusion_pretraining as diffusion_pretraining,
+    FlowMatchingTrainer as FlowMatchingTrainer,
+    LearnedVelocity as LearnedVelocity,
+)
+from .ect import ect as ect, ECTTrainer as ECTTrainer
 from .fit import fit as fit
 from .pairing import (
     AbstractPairing as AbstractPairing,

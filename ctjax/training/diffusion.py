@@ -1,0 +1,235 @@
+"""Diffusion pre-training: TrigFlow flow matching (the sCM teacher and starting point) and EDM
+denoising (ECT's starting point), both for a `ConsistencyFunction`.
+
+Both train the consistency function's own network so that $f(t, x)$ becomes the denoiser
+$E[x_0 \\mid x_t = x]$:
+
+- TrigFlow: $f = \\cos t\\, x - \\sin t\\, \\sigma_d F$ and $x_0 = \\cos t\\, x_t - \\sin t\\, \\tfrac{dx_t}{dt}$, so
+  $\\|f - x_0\\|^2 = \\sin^2 t\\, \\|\\sigma_d F - \\tfrac{dx_t}{dt}\\|^2$: flow matching of $\\sigma_d F$ is denoising
+  with EDM's weight $1/(\\sigma_d^2 \\sin^2 t)$, and $\\sigma_d F(x/\\sigma_d, t)$ is then the probability-flow
+  velocity (`LearnedVelocity`), the sCD teacher.
+- Any schedule (VE for ECT): EDM's loss $\\lambda(n)\\, \\|f(t, x_t) - x_0\\|^2$ with
+  $\\lambda(n) = (n^2 + \\sigma_d^2)/(n \\sigma_d)^2$ at noise level $n = \\sigma(t)/\\alpha(t)$.
+
+The trained model (`trainer.result(state)`) can be passed straight to `ECTTrainer.init`,
+`ContinuousConsistencyTrainer.init` or wrapped as a teacher.
+"""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import optax
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from .._consistency import AbstractConsistencyModel, ConsistencyFunction, EDMScalings, TrigFlowScalings
+from .._custom_types import RealScalarLike
+from .._misc import is_concrete
+from .._nets import AbstractNetwork
+from .._schedules import AbstractSchedule, TrigFlow
+from .base import AbstractTrainer
+from .continuous import check_trigflow_model, conditional_path, network_output, trigflow_sigma_data, trigflow_times
+from .state import ema_update, gradient_step, partition_trainable, TrainState
+
+
+class LearnedVelocity(eqx.Module):
+    """The probability-flow velocity of a TrigFlow flow-matching network,
+    $\\tfrac{dx}{dt} = \\sigma_d F(x/\\sigma_d,\\ \\text{time\\_scale} \\cdot t)$, per example: `(t, x) -> dx/dt`.
+
+    Use it as the sCD teacher (`scd(optimizer, LearnedVelocity.from_model(pretrained))`) or with
+    `ODEStep` for discrete distillation on the TrigFlow schedule. Its output is the network's
+    (gradients are stopped by the trainers that use it as a teacher).
+    """
+
+    net: AbstractNetwork
+    sigma_data: RealScalarLike = 0.5
+    time_scale: RealScalarLike = 1.0
+
+    def __check_init__(self):
+        if is_concrete(self.sigma_data) and not float(self.sigma_data) > 0:
+            raise ValueError(f"LearnedVelocity needs sigma_data > 0, got {float(self.sigma_data)}.")
+
+    @classmethod
+    def from_model(cls, model: ConsistencyFunction) -> "LearnedVelocity":
+        """The velocity of a TrigFlow `ConsistencyFunction`'s network (same $\\sigma_d$ and time scale)."""
+        sigma_data = trigflow_sigma_data(model)
+        scalings = model.scalings
+        assert isinstance(scalings, TrigFlowScalings)
+        return cls(model.net, sigma_data, scalings.time_scale)
+
+    def __call__(self, t: ArrayLike, x: ArrayLike) -> Float[Array, " dim"]:
+        x = jnp.asarray(x)
+        t = jnp.asarray(t).astype(x.dtype)
+        sd = jnp.asarray(self.sigma_data, x.dtype)
+        return sd * self.net(x / sd, jnp.asarray(self.time_scale, x.dtype) * t)
+
+
+def _check_lognormal(p_std, ema_rate):
+    if is_concrete(p_std) and not float(p_std) > 0:
+        raise ValueError(f"`p_std` must be positive, got {p_std}.")
+    if ema_rate is not None and is_concrete(ema_rate) and not 0.0 <= float(ema_rate) < 1.0:
+        raise ValueError(f"`ema_rate` must be in [0, 1) or None, got {ema_rate}.")
+
+
+class _PretrainingTrainer(AbstractTrainer):
+    """Shared init/step/result: one optimiser on the model's trainable arrays, an evaluation EMA."""
+
+    optimizer: eqx.AbstractVar[optax.GradientTransformation]
+    ema_rate: eqx.AbstractVar[float | None]
+
+    @abc.abstractmethod
+    def check_model(self, model: AbstractConsistencyModel) -> None:
+        """Raise a TypeError/ValueError for a model this trainer cannot train."""
+
+    @abc.abstractmethod
+    def loss(self, model, batch: Array, key: PRNGKeyArray) -> tuple[Array, dict[str, Array]]:
+        """The mean loss over `batch` `(B, dim)`."""
+
+    def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
+        self.check_model(model)
+        params, _ = partition_trainable(model)
+        return TrainState(
+            model=model,
+            opt_state=self.optimizer.init(params),
+            step=jnp.zeros((), jnp.int32),
+            key=key,
+            ema=model if self.ema_rate is not None else None,
+        )
+
+    def step(self, state: TrainState, batch: Array, *, key: PRNGKeyArray) -> tuple[TrainState, dict[str, Array]]:
+        params, static = partition_trainable(state.model)
+
+        def loss_fn(p):
+            return self.loss(eqx.combine(p, static), batch, key)
+
+        params, opt_state, loss, aux, grad_norm = gradient_step(self.optimizer, params, state.opt_state, loss_fn)
+        model = eqx.combine(params, static)
+        ema = state.ema
+        if ema is not None and self.ema_rate is not None:
+            ema_params, ema_static = partition_trainable(ema)
+            ema = eqx.combine(ema_update(ema_params, params, jnp.asarray(self.ema_rate, jnp.float32)), ema_static)
+        metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
+        return TrainState(model, opt_state, state.step + 1, state.key, None, ema, state.extra), metrics
+
+    def result(self, state: TrainState) -> ConsistencyFunction:
+        return state.model if state.ema is None else state.ema
+
+
+class FlowMatchingTrainer(_PretrainingTrainer):
+    """TrigFlow flow matching (sCM's diffusion pre-training) of a TrigFlow `ConsistencyFunction`:
+
+    $E\\,\\|\\sigma_d F_\\theta(x_t/\\sigma_d, t) - \\tfrac{dx_t}{dt}\\|^2$, with $x_t = \\cos t\\, x_0 + \\sin t\\, z$,
+    the conditional velocity $\\tfrac{dx_t}{dt} = \\cos t\\, z - \\sin t\\, x_0$ and sCM's time proposal
+    $t = \\arctan(e^\\tau/\\sigma_d)$, $\\tau \\sim N(P_{mean}, P_{std}^2)$.
+
+    Afterwards `LearnedVelocity.from_model(trainer.result(state))` is the learned probability-flow
+    velocity (the sCD teacher), and the model itself (a denoiser-shaped consistency function) is the
+    usual initialisation for sCT/sCD.
+
+    **Arguments:**
+
+    - `optimizer`: an `optax.GradientTransformation`.
+    - `p_mean`, `p_std`: the time proposal (sCM CIFAR-10: -1.0, 1.4).
+    - `ema_rate`: rate of the evaluation EMA (None: none).
+    """
+
+    optimizer: optax.GradientTransformation
+    p_mean: float = -1.0
+    p_std: float = 1.4
+    ema_rate: float | None = 0.999
+
+    def __check_init__(self):
+        _check_lognormal(self.p_std, self.ema_rate)
+
+    def check_model(self, model: AbstractConsistencyModel) -> None:
+        check_trigflow_model(model)
+
+    def loss(self, model, batch: Array, key: PRNGKeyArray) -> tuple[Array, dict[str, Array]]:
+        sd = trigflow_sigma_data(model)
+        num_batch, dtype = batch.shape[0], batch.dtype
+        k_time, k_noise, k_drop = jr.split(key, 3)
+        t = trigflow_times(k_time, (num_batch,), model.schedule, self.p_mean, self.p_std, dtype)
+        noise = jr.normal(k_noise, batch.shape, dtype)
+        x_t, dx_dt = jax.vmap(conditional_path, in_axes=(None, 0, 0, 0))(sd, batch, noise, t)
+        F = jax.vmap(lambda t_, x_, k_: network_output(model, t_, x_, key=k_))(t, x_t, jr.split(k_drop, num_batch))
+        per_example = jnp.sum((jnp.asarray(sd, dtype) * F - dx_dt) ** 2, axis=-1)
+        return jnp.mean(per_example), {}
+
+
+class DenoisingTrainer(_PretrainingTrainer):
+    """EDM denoising pre-training of a `ConsistencyFunction` on any schedule (ECT's starting point
+    on the variance-exploding one):
+
+    $E\\,\\lambda(n)\\, \\|f_\\theta(t, \\alpha x_0 + \\sigma \\epsilon) - x_0\\|^2$, $\\lambda(n) = (n^2 + \\sigma_d^2)/(n\\sigma_d)^2$,
+    with noise level $n = \\sigma(t)/\\alpha(t)$ log-normal, $\\log n \\sim N(P_{mean}, P_{std}^2)$ (EDM: -1.2, 1.2),
+    mapped to time by the schedule and clipped to its range; $\\sigma_d$ is the scalings' `sigma_data`.
+    The minimiser is $f(t, x) = E[x_0 \\mid x_t = x]$ (away from `t_min`, where $f$ is pinned to $x$).
+
+    On TrigFlow with `TrigFlowScalings` this loss is $1/\\sigma_d^2$ times `FlowMatchingTrainer`'s.
+    (ECT's own stage 0 with `stage_offset=0` is a denoising loss too, but on the norm
+    $\\|f - x_0\\|/t$, whose minimiser is a conditional geometric median rather than the posterior
+    mean; this trainer is EDM's squared loss, as in the checkpoints ECT starts from.)
+
+    **Arguments:**
+
+    - `optimizer`: an `optax.GradientTransformation`.
+    - `p_mean`, `p_std`: the log-normal noise levels (EDM: -1.2, 1.2).
+    - `ema_rate`: rate of the evaluation EMA (None: none).
+    """
+
+    optimizer: optax.GradientTransformation
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    ema_rate: float | None = 0.999
+
+    def __check_init__(self):
+        _check_lognormal(self.p_std, self.ema_rate)
+
+    def check_model(self, model: AbstractConsistencyModel) -> None:
+        if not isinstance(model, ConsistencyFunction):
+            raise TypeError(f"DenoisingTrainer needs a ctjax.ConsistencyFunction, got {type(model).__name__}.")
+        if not isinstance(model.scalings, (EDMScalings, TrigFlowScalings)):
+            raise TypeError(
+                f"DenoisingTrainer needs EDMScalings or TrigFlowScalings, got {type(model.scalings).__name__}."
+            )
+
+    def loss(self, model, batch: Array, key: PRNGKeyArray) -> tuple[Array, dict[str, Array]]:
+        self.check_model(model)
+        schedule: AbstractSchedule = model.schedule
+        num_batch, dtype = batch.shape[0], batch.dtype
+        k_time, k_noise, k_drop = jr.split(key, 3)
+        log_noise = self.p_mean + self.p_std * jr.normal(k_time, (num_batch,), dtype)
+        t = jax.vmap(schedule.time_at_log_noise)(log_noise).astype(dtype)
+        a = jax.vmap(schedule.alpha)(t).astype(dtype)
+        s = jax.vmap(schedule.sigma)(t).astype(dtype)
+        eps = jr.normal(k_noise, batch.shape, dtype)
+        x_t = a[:, None] * batch + s[:, None] * eps
+        f = jax.vmap(lambda t_, x_, k_: model(t_, x_, key=k_))(t, x_t, jr.split(k_drop, num_batch))
+        sd = jnp.asarray(model.scalings.sigma_data, dtype)
+        # lambda(n) = 1/n^2 + 1/sd^2 with n = s/a, written to stay finite where a = 0.
+        weight = (a / s) ** 2 + 1.0 / sd**2
+        per_example = weight * jnp.sum((f - batch) ** 2, axis=-1)
+        return jnp.mean(per_example), {}
+
+
+def diffusion_pretraining(
+    optimizer: optax.GradientTransformation,
+    schedule: AbstractSchedule,
+    *,
+    p_mean: float | None = None,
+    p_std: float | None = None,
+    ema_rate: float | None = 0.999,
+) -> FlowMatchingTrainer | DenoisingTrainer:
+    """The diffusion pre-training for `schedule`: `FlowMatchingTrainer` (sCM's time proposal
+    -1.0, 1.4) for `TrigFlow`, `DenoisingTrainer` (EDM's -1.2, 1.2) otherwise. Its result
+    initialises sCT/sCD or ECT (`ect(...).init(trainer.result(state), key=...)`)."""
+    if not isinstance(schedule, AbstractSchedule):
+        raise TypeError(f"`schedule` must be a ctjax schedule, got {type(schedule).__name__}.")
+    trigflow = isinstance(schedule, TrigFlow)
+    mean = (-1.0 if trigflow else -1.2) if p_mean is None else p_mean
+    std = (1.4 if trigflow else 1.2) if p_std is None else p_std
+    if trigflow:
+        return FlowMatchingTrainer(optimizer, p_mean=mean, p_std=std, ema_rate=ema_rate)
+    return DenoisingTrainer(optimizer, p_mean=mean, p_std=std, ema_rate=ema_rate)
