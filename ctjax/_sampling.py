@@ -74,4 +74,10 @@ def sample(
     if int(num) < 1:
         raise ValueError(f"`num` must be at least 1, got {num}.")
     dtype = jnp.result_type(float) if dtype is None else dtype
+    try:
+        floating = jnp.issubdtype(dtype, jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise TypeError(f"`dtype` must be a floating dtype such as jnp.float32, got {dtype!r}.")
     return _sample(model, times, int(num), key, dtype)

@@ -1,5 +1,13 @@
 """Distances between distributions and between learned and exact maps (host-side where noted)."""
 
+import os
+
+
+# POT imports every array library it finds to offer it as a backend; we hand it NumPy arrays only,
+# and importing PyTorch or TensorFlow would add 10-20 s to `import ctjax` wherever they are installed.
+for _framework in ("PYTORCH", "TENSORFLOW", "CUPY"):
+    os.environ.setdefault(f"POT_BACKEND_DISABLE_{_framework}", "1")
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp

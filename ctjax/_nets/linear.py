@@ -41,7 +41,7 @@ class LinearNet(AbstractNetwork):
 
     @property
     def dim(self) -> int:
-        return self.bias.shape[0]
+        return self.bias.shape[-1]  # the last axis: stacked stage networks have biases of shape (T, dim)
 
     def __call__(
         self, x: Float[Array, " dim"], c_noise: ArrayLike, *, key: PRNGKeyArray | None = None

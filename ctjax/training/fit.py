@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array
 
 from .._targets import AbstractTarget
@@ -22,6 +23,36 @@ def draw_batch(data, key, batch_size: int) -> Array:
     return data[jr.randint(key, (batch_size,), 0, data.shape[0])]
 
 
+DATA_AXIS = "data"
+
+
+def _check_mesh(mesh, batch_size: int) -> None:
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"`mesh` must be a jax.sharding.Mesh or None, got {type(mesh).__name__}.")
+    if DATA_AXIS not in mesh.axis_names:
+        raise ValueError(
+            f"`mesh` must have an axis named {DATA_AXIS!r} to shard the batch over, got axes {mesh.axis_names}; "
+            f"build it with jax.make_mesh((num_devices,), ({DATA_AXIS!r},))."
+        )
+    num = mesh.shape[DATA_AXIS]
+    if int(batch_size) % num:
+        raise ValueError(
+            f"`batch_size` ({batch_size}) must be divisible by the {num} devices of the mesh's {DATA_AXIS!r} axis; "
+            f"use a batch size of {num * max(1, round(int(batch_size) / num))}, say."
+        )
+
+
+def _check_dims(state: TrainState, data) -> None:
+    """The data and the model must have the same dimension (a static check, before compiling)."""
+    model_dim = getattr(state.model, "dim", None)
+    data_dim = data.dim if isinstance(data, AbstractTarget) else data.shape[1]
+    if isinstance(model_dim, int) and model_dim != data_dim:
+        raise ValueError(
+            f"`data` has dimension {data_dim} but the model in `state` has dimension {model_dim}; "
+            "build the model's network for the data's dimension (e.g. MLP(data.dim, ...))."
+        )
+
+
 def _check_data(data, batch_size: int) -> None:
     if int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
@@ -32,16 +63,34 @@ def _check_data(data, batch_size: int) -> None:
             f"`data` must be a ctjax target or a non-empty (N, dim) array, got {type(data).__name__} "
             f"with shape {getattr(data, 'shape', None)}."
         )
+    dtype = np.dtype(data.dtype)
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise ValueError(f"`data` must hold real numbers, got dtype {dtype}.")
+    # One reduction where the data live (no copy to the host).
+    if getattr(data, "is_fully_addressable", True) and not bool(jnp.all(jnp.isfinite(data))):
+        raise ValueError("`data` contains NaN or infinite values; remove or impute them before training.")
 
 
 @eqx.filter_jit
-def run_chunk(trainer: AbstractTrainer, state: TrainState, data, num_active: Array, batch_size: int, chunk_size: int):
+def run_chunk(
+    trainer: AbstractTrainer,
+    state: TrainState,
+    data,
+    num_active: Array,
+    batch_size: int,
+    chunk_size: int,
+    mesh: Mesh | None = None,
+):
     """`chunk_size` steps in one `lax.scan`; steps at positions >= `num_active` are skipped, so
-    every chunk (including a short last one) reuses one compiled program."""
+    every chunk (including a short last one) reuses one compiled program. With a `mesh`, each
+    drawn batch is sharded over its "data" axis and the state stays replicated (data parallelism:
+    the compiler inserts the all-reduce of the gradients)."""
 
     def one_step(state):
         k_data, k_step = jr.split(step_key(state))
         batch = draw_batch(data, k_data, batch_size)
+        if mesh is not None:
+            batch = jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
         return trainer.step(state, batch, key=k_step)
 
     metrics_shape = eqx.filter_eval_shape(one_step, state)[1]
@@ -52,7 +101,10 @@ def run_chunk(trainer: AbstractTrainer, state: TrainState, data, num_active: Arr
 
         return jax.lax.cond(index < num_active, one_step, skip, state)
 
-    return jax.lax.scan(body, state, jnp.arange(chunk_size))
+    state, metrics = jax.lax.scan(body, state, jnp.arange(chunk_size))
+    if mesh is not None:
+        state = eqx.filter_shard(state, NamedSharding(mesh, PartitionSpec()))
+    return state, metrics
 
 
 def fit(
@@ -65,6 +117,7 @@ def fit(
     chunk_size: int = 200,
     progress: bool = True,
     callback: Callable[[TrainState, dict[str, np.ndarray]], None] | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[TrainState, dict[str, np.ndarray]]:
     """Train for `num_steps` steps in chunks of `chunk_size` compiled steps.
 
@@ -77,10 +130,19 @@ def fit(
       between chunks.
     - `progress`: show a progress bar with the loss and steps per second.
     - `callback`: called as `callback(state, chunk_metrics)` after every chunk (for checkpoints).
+    - `mesh`: train data-parallel on a `jax.sharding.Mesh` with a `"data"` axis (e.g.
+      `jax.make_mesh((4,), ("data",))`): every batch is sharded over that axis and the state and
+      `data` are replicated; the steps and their randomness are those of a single-device run.
+      `batch_size` must be divisible by the size of the axis. None: the default device.
 
     **Returns:** the final state and the per-step metrics history (NumPy arrays of length `num_steps`).
     """
     _check_data(data, batch_size)
+    _check_dims(state, data)
+    if mesh is not None:
+        _check_mesh(mesh, batch_size)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        state, data = eqx.filter_shard((state, data), replicated)
     if int(num_steps) < 0:
         raise ValueError(f"`num_steps` must be non-negative, got {num_steps}.")
     if int(chunk_size) < 1:
@@ -97,7 +159,7 @@ def fit(
         while done < num_steps:
             active = min(chunk_size, num_steps - done)
             start = time.perf_counter()
-            state, metrics = run_chunk(trainer, state, data, jnp.asarray(active), int(batch_size), chunk_size)
+            state, metrics = run_chunk(trainer, state, data, jnp.asarray(active), int(batch_size), chunk_size, mesh)
             metrics = {k: np.asarray(v)[:active] for k, v in metrics.items()}
             seconds = time.perf_counter() - start
             for name, values in metrics.items():

@@ -1,0 +1,95 @@
+"""A diverging run (non-finite loss or gradient norm) stops with a message naming the step, the
+quantity and the last good checkpoint, and never overwrites that checkpoint.
+(A process killed mid-write: tests/test_checkpoint_kill.py.)"""
+
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pytest
+from jaxtyping import Array
+
+from ctjax.experiments import cli, run
+from ctjax.training import AbstractTrainer
+
+
+TINY = ["--model.width", "16", "--model.depth", "1", "--batch-size", "32", "--no-progress", "--no-evaluate"]
+CHUNKS = ["--steps", "20", "--chunk-size", "5", "--checkpoint-every", "5"]
+
+
+class NonFinite(AbstractTrainer):
+    """`inner`, except that from step `loss_from` (`grad_from`) on, the loss (gradient norm) is NaN (inf)."""
+
+    inner: AbstractTrainer
+    loss_from: Array
+    grad_from: Array
+
+    def init(self, model, *, key):
+        return self.inner.init(model, key=key)
+
+    def step(self, state, batch, *, key):
+        new_state, metrics = self.inner.step(state, batch, key=key)
+        metrics = dict(metrics)
+        step = new_state.step
+        metrics["loss"] = jnp.where(step >= self.loss_from, jnp.nan, metrics["loss"])
+        metrics["grad_norm"] = jnp.where(step >= self.grad_from, jnp.inf, metrics["grad_norm"])
+        return new_state, metrics
+
+    def result(self, state):
+        return self.inner.result(state)
+
+
+@pytest.fixture
+def diverging(monkeypatch):
+    """Make every trainer the command line builds diverge as asked; record the checkpoints saved."""
+    saved_steps = []
+    settings = {}
+    build_method, save_checkpoint = run.build_method, run.save_checkpoint
+
+    def build(cfg, problem):
+        trainer, model, total = build_method(cfg, problem)
+        loss_from, grad_from = (jnp.asarray(settings.get(k, 10**9)) for k in ("loss", "grad"))
+        return NonFinite(trainer, loss_from, grad_from), model, total
+
+    def save(run_dir, state, meta):
+        saved_steps.append(int(state.step))
+        save_checkpoint(run_dir, state, meta)
+
+    monkeypatch.setattr(run, "build_method", build)
+    monkeypatch.setattr(run, "save_checkpoint", save)
+    return settings, saved_steps
+
+
+def _train_error(argv, capsys) -> str:
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("ctjax: error: training diverged"), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("quantity, bad_step", [("loss", 13), ("grad", 11)])
+def test_non_finite_stops_training_and_keeps_the_checkpoint(quantity, bad_step, diverging, tmp_path, capsys):
+    settings, saved_steps = diverging
+    settings[quantity] = bad_step
+    run_dir = tmp_path / "run"
+    line = _train_error(["train", *CHUNKS, "--out", str(run_dir), *TINY], capsys)
+    name = "the loss is nan" if quantity == "loss" else "the gradient norm (grad_norm) is inf"
+    assert f"at step {bad_step}: {name}" in line
+    assert f"last good checkpoint, {run_dir / 'checkpoint.eqx'} at step 10, is kept" in line
+    # Saved at 5 and 10, never after; the checkpoint on disk is the one of step 10 and loads.
+    assert saved_steps == [5, 10]
+    assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 10
+    _, _, _, state = run.load_run(run_dir)
+    assert int(state.step) == 10
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(eqx.filter(state.model, eqx.is_inexact_array)))
+
+
+def test_non_finite_before_any_checkpoint(diverging, tmp_path, capsys):
+    settings, saved_steps = diverging
+    settings["loss"] = 2
+    run_dir = tmp_path / "run"
+    line = _train_error(["train", *CHUNKS, "--out", str(run_dir), *TINY], capsys)
+    assert "at step 2: the loss is nan" in line and f"No checkpoint had been written yet to {run_dir}" in line
+    assert saved_steps == [] and not (run_dir / "checkpoint.eqx").exists()
