@@ -44,8 +44,20 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))
 
 
-@nox.session
+BENCHMARKS = ["flow_throughput", "train_throughput", "staged_compile"]
+
+
+# A plain pip venv: pip installs the CPU build of PyTorch from the `bench` extra (uv would resolve
+# the multi-GB CUDA build). PyTorch is in no other extra and in no other session.
+@nox.session(venv_backend="venv")
 def bench(session: nox.Session) -> None:
-    """Benchmarks: print numbers and write benchmarks/results/*.json."""
+    """Benchmarks (about 10 minutes on the 2-core machine): print tables and write benchmarks/results/*.json.
+
+    `nox -s bench -- train_throughput` runs only the named scripts. The long quality and scaling
+    studies are manual: `python benchmarks/quality_gmm.py` and `python benchmarks/scaling.py`.
+    """
     session.install("-e", ".[bench]")
-    session.run("python", "benchmarks/flow_throughput.py", *session.posargs)
+    for name in session.posargs or BENCHMARKS:
+        if name not in BENCHMARKS:
+            session.error(f"unknown benchmark {name!r}; choose from {BENCHMARKS}")
+        session.run("python", f"benchmarks/{name}.py")
