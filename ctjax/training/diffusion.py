@@ -31,7 +31,7 @@ from .._nets import AbstractNetwork
 from .._schedules import AbstractSchedule, TrigFlow
 from .base import AbstractTrainer
 from .continuous import check_trigflow_model, conditional_path, network_output, trigflow_sigma_data, trigflow_times
-from .state import ema_update, gradient_step, partition_trainable, TrainState
+from .state import plain_init, plain_step, TrainState
 
 
 class LearnedVelocity(eqx.Module):
@@ -89,29 +89,10 @@ class _PretrainingTrainer(AbstractTrainer):
 
     def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
         self.check_model(model)
-        params, _ = partition_trainable(model)
-        return TrainState(
-            model=model,
-            opt_state=self.optimizer.init(params),
-            step=jnp.zeros((), jnp.int32),
-            key=key,
-            ema=model if self.ema_rate is not None else None,
-        )
+        return plain_init(self.optimizer, model, self.ema_rate, key)
 
     def step(self, state: TrainState, batch: Array, *, key: PRNGKeyArray) -> tuple[TrainState, dict[str, Array]]:
-        params, static = partition_trainable(state.model)
-
-        def loss_fn(p):
-            return self.loss(eqx.combine(p, static), batch, key)
-
-        params, opt_state, loss, aux, grad_norm = gradient_step(self.optimizer, params, state.opt_state, loss_fn)
-        model = eqx.combine(params, static)
-        ema = state.ema
-        if ema is not None and self.ema_rate is not None:
-            ema_params, ema_static = partition_trainable(ema)
-            ema = eqx.combine(ema_update(ema_params, params, jnp.asarray(self.ema_rate, jnp.float32)), ema_static)
-        metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
-        return TrainState(model, opt_state, state.step + 1, state.key, None, ema, state.extra), metrics
+        return plain_step(self.optimizer, state, lambda model: self.loss(model, batch, key), self.ema_rate)
 
     def result(self, state: TrainState) -> ConsistencyFunction:
         return state.model if state.ema is None else state.ema

@@ -62,3 +62,33 @@ def gradient_step(
 def step_key(state: TrainState) -> PRNGKeyArray:
     """The key of the state's current step (a pure function of the run key and the step)."""
     return jax.random.fold_in(state.key, state.step)
+
+
+def plain_init(optimizer: optax.GradientTransformation, model, ema_rate: float | None, key: PRNGKeyArray) -> TrainState:
+    """The initial state of a trainer of one model: optimiser state of its trainable arrays, step 0,
+    and an EMA copy when `ema_rate` is set."""
+    params, _ = partition_trainable(model)
+    return TrainState(
+        model=model,
+        opt_state=optimizer.init(params),
+        step=jnp.zeros((), jnp.int32),
+        key=key,
+        ema=model if ema_rate is not None else None,
+    )
+
+
+def plain_step(
+    optimizer: optax.GradientTransformation, state: TrainState, loss_fn, ema_rate: float | None
+) -> tuple[TrainState, dict[str, Array]]:
+    """One optimiser step of `loss_fn(model) -> (loss, aux)` on the state's model, then the EMA update."""
+    params, static = partition_trainable(state.model)
+    params, opt_state, loss, aux, grad_norm = gradient_step(
+        optimizer, params, state.opt_state, lambda p: loss_fn(eqx.combine(p, static))
+    )
+    ema = state.ema
+    if ema is not None and ema_rate is not None:
+        ema_params, ema_static = partition_trainable(ema)
+        ema = eqx.combine(ema_update(ema_params, params, jnp.asarray(ema_rate, jnp.float32)), ema_static)
+    metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
+    model = eqx.combine(params, static)
+    return TrainState(model, opt_state, state.step + 1, state.key, None, ema, state.extra), metrics
