@@ -34,7 +34,7 @@ VE = ctjax.VarianceExploding(0.002, 80.0)
 CHUNK = 100
 
 
-def make_cm(key, sigma_data, width, depth, schedule=VE):
+def make_cm(key, sigma_data, width, depth, schedule: ctjax.AbstractSchedule = VE):
     return ctjax.ConsistencyFunction(
         ctjax.MLP(2, width=width, depth=depth, key=key), schedule, ctjax.EDMScalings(sigma_data)
     )
@@ -211,7 +211,7 @@ def main():
         row = run_method(build, batch, two_step, target, steps, n, repeats)
         row.update({"w1_floor": floor, "w1_exact_ode": exact_ode[row["schedule"]]})
         # Re-read before writing so that runs of other methods in parallel are kept.
-        results = json.loads(out_path.read_text()) if out_path.exists() else {"methods": {}}
+        results: dict = json.loads(out_path.read_text()) if out_path.exists() else {"methods": {}}
         results["methods"][name] = row
         print(
             f"{name:22s} 1-step {row['w1_1step']:.4f} ({row['w1_1step'] / floor:.2f}x floor)  "
