@@ -42,12 +42,12 @@ import platform
 import statistics
 import time
 
-
-# libgomp's default spin-waiting makes PyTorch's 2-thread kernels 5-20x slower whenever the cores
-# are shared with another process (measured on the 2-core machine); passive waiting is PyTorch's
-# best setting there, so the baseline uses it. Must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# PyTorch runs with libgomp's default waiting (spin briefly, then sleep), its out-of-the-box
+# setting. Measured on the quiet 2-core machine: OMP_WAIT_POLICY=PASSIVE makes PyTorch's small
+# kernels up to 2x slower (a thread wake-up per operation), and ACTIVE makes its idle threads spin
+# through the ctjax timings and halves ctjax's rate; both would bias the ratio. On a machine
+# shared with other jobs, the default spinning can slow PyTorch several-fold: run this on a quiet
+# machine.
 import jax
 import jax.numpy as jnp
 import jax.random as jr
