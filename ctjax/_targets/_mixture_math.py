@@ -44,6 +44,20 @@ def posterior_mean(x, a, s, log_weights, means, eigvals, eigvecs) -> Array:
     return resp @ comp_means
 
 
+def sample_posterior(key, num: int, x, a, s, log_weights, means, eigvals, eigvecs) -> Array:
+    """`num` draws of x0 | x: a component by the responsibilities (skipped for one component),
+    then its posterior N(m_k, U_k diag(lam_k s^2 / (a^2 lam_k + s^2)) U_k^T)."""
+    resp, comp_means, var = _component_posteriors(x, a, s, log_weights, means, eigvals, eigvecs)
+    std = jnp.sqrt(eigvals * s**2 / var)  # (K, d): within-component posterior standard deviations
+    if means.shape[0] == 1:
+        comp, key_z = jnp.zeros((num,), jnp.int32), key
+    else:
+        key_c, key_z = jax.random.split(key)
+        comp = jax.random.categorical(key_c, jnp.log(resp), shape=(num,))
+    z = jax.random.normal(key_z, (num, x.shape[-1]), dtype=x.dtype)
+    return comp_means[comp] + jnp.einsum("nij,nj->ni", eigvecs[comp], z * std[comp])
+
+
 def posterior_covariance(x, a, s, log_weights, means, eigvals, eigvecs) -> Array:
     resp, comp_means, var = _component_posteriors(x, a, s, log_weights, means, eigvals, eigvecs)
     # Within component k: Sigma - a^2 Sigma C^{-1} Sigma = U diag(lam s^2 / (a^2 lam + s^2)) U^T.

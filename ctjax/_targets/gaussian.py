@@ -81,8 +81,6 @@ class Gaussian(AbstractTarget):
     ) -> Float[Array, "num dim"]:
         """Draws from the exact posterior
         $N(D(x), U \\mathrm{diag}(\\lambda\\sigma^2/(\\alpha^2\\lambda + \\sigma^2)) U^\\top)$."""
-        x, _, eigvals, eigvecs = cast_like(x, self.loc, self.eigvals, self.eigvecs)
+        x, params = self._params(x)
         alpha, sigma = (jnp.asarray(c).astype(x.dtype) for c in (alpha, sigma))
-        std = jnp.sqrt(eigvals * sigma**2 / (alpha**2 * eigvals + sigma**2))
-        z = jr.normal(key, (int(num), self.dim), dtype=x.dtype)
-        return self.posterior_mean(x, alpha, sigma)[None, :] + (z * std[None, :]) @ eigvecs.T
+        return mm.sample_posterior(key, int(num), x, alpha, sigma, *params)

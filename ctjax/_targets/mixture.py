@@ -123,10 +123,4 @@ class GaussianMixture(AbstractTarget):
         $N(m_k, U_k \\mathrm{diag}(\\lambda_k\\sigma^2/(\\alpha^2\\lambda_k + \\sigma^2)) U_k^\\top)$."""
         x, *params = self._params(x)
         alpha, sigma = (jnp.asarray(c).astype(x.dtype) for c in (alpha, sigma))
-        resp, comp_means, var = mm._component_posteriors(x, alpha, sigma, *params)
-        eigvals, eigvecs = params[2], params[3]
-        std = jnp.sqrt(eigvals * sigma**2 / var)  # (K, d): within-component posterior standard deviations
-        kc, kz = jr.split(key)
-        comp = jr.categorical(kc, jnp.log(resp), shape=(int(num),))
-        z = jr.normal(kz, (int(num), self.dim), dtype=x.dtype)
-        return comp_means[comp] + jnp.einsum("nij,nj->ni", eigvecs[comp], z * std[comp])
+        return mm.sample_posterior(key, int(num), x, alpha, sigma, *params)
