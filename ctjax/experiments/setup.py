@@ -5,6 +5,7 @@ import dataclasses
 import pathlib
 import re
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -189,38 +190,33 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
         trig = TrigFlow(sigma_data)
         model = ConsistencyFunction(_network(cfg, problem, key), trig, TrigFlowScalings(sigma_data, c.time_scale))
         velocity = ExactVelocity(problem.target, trig) if method == "scd" else None  # as for cd
-        try:
-            trainer = ContinuousConsistencyTrainer(
-                optimizer,
-                velocity,
-                warmup_steps=c.warmup_steps,
-                tangent_normalisation=c.tangent_normalisation,
-                normalisation_const=c.normalisation_const,
-                adaptive_weighting=c.adaptive_weighting,
-                p_mean=c.p_mean,
-                p_std=c.p_std,
-            )
-        except ValueError as err:
-            raise ConfigError(f"--scm: {err}") from err
+        # Invalid options raise the library's ValueError; `options_named` turns it into a ConfigError.
+        trainer = ContinuousConsistencyTrainer(
+            optimizer,
+            velocity,
+            warmup_steps=c.warmup_steps,
+            tangent_normalisation=c.tangent_normalisation,
+            normalisation_const=c.normalisation_const,
+            adaptive_weighting=c.adaptive_weighting,
+            p_mean=c.p_mean,
+            p_std=c.p_std,
+        )
         return trainer, model, steps
     if method == "ect":
         c = cfg.ect
         model = ConsistencyFunction(_network(cfg, problem, key), ve, scalings)
-        try:
-            trainer = ect(
-                optimizer,
-                steps,
-                num_stages=c.num_stages,
-                q=c.q,
-                k=c.k,
-                b=c.b,
-                huber_c=c.huber_c,
-                p_mean=c.p_mean,
-                p_std=c.p_std,
-                stage_offset=c.stage_offset,
-            )
-        except ValueError as err:
-            raise ConfigError(f"--ect: {err}") from err
+        trainer = ect(
+            optimizer,
+            steps,
+            num_stages=c.num_stages,
+            q=c.q,
+            k=c.k,
+            b=c.b,
+            huber_c=c.huber_c,
+            p_mean=c.p_mean,
+            p_std=c.p_std,
+            stage_offset=c.stage_offset,
+        )
         return trainer, model, steps
     li = li_schedule(cfg)
     if method == "staged-shared":
@@ -244,8 +240,6 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
 
 def build_mesh(devices: int, batch_size: int):
     """A one-axis ("data") mesh over the first `devices` of `jax.devices()`, or None for 0."""
-    import jax
-
     if devices < 0:
         raise ConfigError(f"--devices must be 0 (the default device) or a positive count, got {devices}.")
     if devices == 0:
@@ -271,7 +265,7 @@ def _options_in(cfg: TrainConfig, message: str) -> list[str]:
     section of the configured method first, then --model and --optim (backticked names also at the top)."""
     words = set(re.findall(r"[A-Za-z_]\w*", message))
     quoted = set(re.findall(r"`(\w+)`", message))
-    section = cfg.method.split("-")[0]
+    section = {"sct": "scm", "scd": "scm"}.get(cfg.method, cfg.method.split("-")[0])
     found = []
     for name in (section, "model", "optim"):
         sub = getattr(cfg, name, None)
