@@ -226,9 +226,12 @@ class ErrorDecomposition(eqx.Module):
                 "check() needs every stage 2..T: the sums bound E|xi_T| only over all stages; rerun "
                 "staged_error_decomposition with stages=None."
             )
+        return all(self._chain(num_se))
+
+    def _chain(self, num_se: float) -> tuple[bool, bool]:
         first = self.w1 <= (self.xi_final + self.w1_floor) * (1 + 1e-6) + 1e-12
         second = self.xi_final <= self.bound + float(num_se) * self.bound_slack
-        return bool(first and second)
+        return bool(first), bool(second)
 
     def report(self, num_se: float = 3.0) -> str:
         """A printable table: per stage $e_k$, $d_k$, $E\\|\\xi_k\\|$ and the running bound
@@ -256,8 +259,7 @@ class ErrorDecomposition(eqx.Module):
             f"W1(f_T(X_T), X_1)                 = {self.w1:.4e}  (sampling floor W1(Phi_T(X_T), X_1) = {self.w1_floor:.4e})",
         ]
         if self.complete:
-            first = self.w1 <= (self.xi_final + self.w1_floor) * (1 + 1e-6) + 1e-12
-            second = self.xi_final <= self.bound + float(num_se) * self.bound_slack
+            first, second = self._chain(num_se)
             lines.append(
                 f"chain: W1 <= E|xi_T| + floor: {first};  E|xi_T| <= sum (e_k + d_k) + {num_se:g} se: {second}"
             )

@@ -49,10 +49,10 @@ def _coefficients(schedule, t, u):
 
 
 def _top_singular_value(fn: Callable, x: Array, key: PRNGKeyArray, num_iterations: int) -> Array:
-    """$\\|J_{fn}(x)\\|_2$ by power iteration on $J^\\top J$: one linearisation and one pullback of `fn` at `x`
-    (two evaluations of `fn`), then one JVP and one VJP per iteration; $J$ is never formed."""
+    """$\\|J_{fn}(x)\\|_2$ by power iteration on $J^\\top J$: one linearisation of `fn` at `x` (one evaluation;
+    its transpose is the VJP), then one JVP and one VJP per iteration; $J$ is never formed."""
     _, jvp_fn = jax.linearize(fn, x)
-    _, vjp_fn = jax.vjp(fn, x)
+    vjp_fn = jax.linear_transpose(jvp_fn, x)
 
     def normalise(v):
         norm = jnp.linalg.norm(v)
@@ -111,7 +111,7 @@ def jacobian_spectral_norms(
     - `num_iterations`: power iterations per point.
     - `key`: the random starting vectors (one per point).
 
-    Compiled once per `fn` (a new lambda compiles again). Cost per point: two evaluations of `fn` and
+    Compiled once per `fn` (a new lambda compiles again). Cost per point: one evaluation of `fn` and
     `num_iterations` JVP-VJP pairs of its linearisation.
     """
     points, num_iterations = _check_estimate_args(fn, points, num_iterations)

@@ -29,6 +29,7 @@ from .._nets.base import init_layers, param_dtype, zero_layer
 from .._nets.embeddings import FourierEmbedding
 from .._schedules import AbstractSchedule, TrigFlow
 from .base import AbstractTrainer
+from .consistency import stop_gradient_model
 from .state import ema_update, gradient_step, partition_trainable, TrainState
 
 
@@ -145,7 +146,7 @@ def trigflow_tangent(
     $g = -\\cos^2 t\\,(\\sigma_d F^- - \\tfrac{dx_t}{dt}) - r\\,(\\cos t \\sin t\\, x_t + \\sigma_d \\cos t \\sin t\\, \\tfrac{dF^-}{dt})$.
 
     With $r = 1$, $g = \\cos t\\, \\tfrac{d}{dt} f^-(t, x_t)$ along the path with velocity `dx_dt`."""
-    model = _stop_gradient(model)
+    model = stop_gradient_model(model)
     dtype = x_t.dtype
     t = jnp.asarray(t).astype(dtype)
     F, dF = trigflow_jvp(model, t, x_t, dx_dt, key=key)
@@ -175,11 +176,6 @@ def adaptive_weighted_loss(residual_sq: ArrayLike, log_weight: ArrayLike) -> Arr
     $w$ is $w = -\\log m$ (where $e^w m = 1$); $\\theta$ sees the gradient of $m$ scaled by $e^w$."""
     m, w = jnp.asarray(residual_sq), jnp.asarray(log_weight)
     return jnp.exp(w) * m - w
-
-
-def _stop_gradient(model):
-    arrays, rest = eqx.partition(model, eqx.is_array)
-    return eqx.combine(jax.lax.stop_gradient(arrays), rest)
 
 
 # ---------------------------------------------------------------------------------------------

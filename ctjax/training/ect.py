@@ -21,6 +21,7 @@ from .._losses import AbstractDistance, L2, PseudoHuber
 from .._misc import is_concrete
 from .._schedules import VarianceExploding
 from .base import AbstractTrainer
+from .consistency import stop_gradient_model
 from .state import plain_init, plain_step, TrainState
 
 
@@ -32,11 +33,6 @@ def _check_ve_model(model) -> None:
             f"ECT needs the variance-exploding (EDM) schedule, where time is the noise level; got "
             f"{type(model.schedule).__name__}."
         )
-
-
-def _stop_gradient(model):
-    arrays, rest = eqx.partition(model, eqx.is_array)
-    return eqx.combine(jax.lax.stop_gradient(arrays), rest)
 
 
 class ECTTrainer(AbstractTrainer):
@@ -165,7 +161,7 @@ class ECTTrainer(AbstractTrainer):
         t_min = jnp.asarray(schedule.t_min, dtype)
         student = model(t, x0 + t * eps, key=key)
         use_teacher = r > t_min
-        teacher_out = _stop_gradient(model)(jnp.maximum(r, t_min), x0 + r * eps, key=key)
+        teacher_out = stop_gradient_model(model)(jnp.maximum(r, t_min), x0 + r * eps, key=key)
         target = jnp.where(use_teacher, jax.lax.stop_gradient(teacher_out), x0)
         residual = student - target
         gap = t - r
