@@ -22,8 +22,8 @@ from ctjax.training.continuous import (
     sct,
     trigflow_jvp,
     trigflow_tangent,
-    trigflow_times,
 )
+from ctjax.training.curricula import lognormal_times
 from ctjax.training.diffusion import DenoisingTrainer, FlowMatchingTrainer, LearnedVelocity
 
 from .helpers import assert_close
@@ -311,7 +311,7 @@ def _fit_weighting(key):
 
     def loss(w, key):
         k_t, k_u = jr.split(key)
-        t = trigflow_times(k_t, (256,), TF, -1.0, 1.4)
+        t = lognormal_times(k_t, (256,), TF, -1.0, 1.4)
         m = _mean_residual(t) * jr.exponential(k_u, (256,))
         return jnp.mean(adaptive_weighted_loss(m, jax.vmap(w)(t)))
 

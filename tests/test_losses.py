@@ -10,6 +10,7 @@ import pytest
 
 import ctjax
 from ctjax.training import AdaptiveEMATeacher, DiscreteLogNormal, DoublingCurriculum, KarrasGrid, SqrtCurriculum
+from ctjax.training.curricula import lognormal_times
 
 from .helpers import assert_close
 
@@ -117,6 +118,31 @@ def test_discrete_lognormal_probabilities():
     assert draws.min() >= 0 and draws.max() <= n - 2
     freq = np.bincount(draws, minlength=n - 1) / draws.size
     assert np.max(np.abs(freq - ref / ref.sum())) < 0.01
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        ctjax.VarianceExploding(0.002, 80.0),
+        ctjax.TrigFlow(0.5),
+        ctjax.VariancePreserving(0.1, 20.0, 1e-3, 1.0),
+        ctjax.DiscreteVP.li_huang_wei(64, 2.0, 4.0),
+    ],
+    ids=["ve", "trigflow", "vp", "discrete_vp"],
+)
+def test_lognormal_times(schedule):
+    """The noise level of each time is the log-normal draw made from the same key, clipped to the
+    schedule's range (ECT and EDM: t = n on VE; sCM: t = arctan(n / sigma_d) on TrigFlow)."""
+    key = jr.key(3)
+    t = lognormal_times(key, (4000,), schedule, -0.4, 1.6, jnp.float64)
+    assert t.shape == (4000,) and t.dtype == jnp.float64
+    tau = np.asarray(-0.4 + 1.6 * jr.normal(key, (4000,), jnp.float64))
+    lo, hi = (float(schedule.log_noise(schedule.t_min)), float(schedule.log_noise(schedule.t_max)))
+    inside = (tau > lo + 1e-9) & (tau < hi - 1e-9)
+    assert inside.mean() > 0.5  # the comparison covers most draws
+    log_noise = np.asarray(jax.vmap(schedule.log_noise)(t))
+    assert_close(log_noise[inside], tau[inside], rtol=1e-7, atol=1e-7)
+    assert np.all((np.asarray(t) >= float(schedule.t_min)) & (np.asarray(t) <= float(schedule.t_max)))
 
 
 @pytest.mark.parametrize(

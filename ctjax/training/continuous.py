@@ -30,6 +30,7 @@ from .._nets.embeddings import FourierEmbedding
 from .._schedules import AbstractSchedule, TrigFlow
 from .base import AbstractTrainer
 from .consistency import stop_gradient_model
+from .curricula import lognormal_times
 from .state import ema_update, gradient_step, partition_trainable, TrainState
 
 
@@ -89,16 +90,6 @@ def check_trigflow_velocity(velocity: Any, sigma_data: Any) -> None:
             f"The teacher velocity uses sigma_data={float(other)} but the model uses {float(sigma_data)}: "
             "TrigFlow times would mean different noise levels."
         )
-
-
-def trigflow_times(
-    key: PRNGKeyArray, shape: tuple[int, ...], schedule: AbstractSchedule, p_mean: float, p_std: float, dtype=None
-) -> Array:
-    """sCM's time proposal $t = \\arctan(e^\\tau/\\sigma_d)$, $\\tau \\sim N(P_{mean}, P_{std}^2)$: the
-    EDM noise level $\\sigma_d \\tan t$ is log-normal."""
-    dtype = jnp.result_type(float) if dtype is None else dtype
-    tau = p_mean + p_std * jr.normal(key, shape, dtype)
-    return schedule.time_at_log_noise(tau).astype(dtype)
 
 
 def conditional_path(sigma_data: Any, x0: Array, noise: Array, t: Array) -> tuple[Array, Array]:
@@ -375,7 +366,7 @@ class ContinuousConsistencyTrainer(AbstractTrainer):
         num_batch, dtype = batch.shape[0], batch.dtype
         schedule = model.schedule
         k_time, k_noise, k_drop = jr.split(key, 3)
-        t = trigflow_times(k_time, (num_batch,), schedule, self.p_mean, self.p_std, dtype)
+        t = lognormal_times(k_time, (num_batch,), schedule, self.p_mean, self.p_std, dtype)
         noise = jr.normal(k_noise, batch.shape, dtype)
         x_t, dx_dt = jax.vmap(conditional_path, in_axes=(None, 0, 0, 0))(sd, batch, noise, t)
         if self.velocity is not None:

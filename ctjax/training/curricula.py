@@ -1,4 +1,4 @@
-"""Discretisation curricula N(k), teacher EMA rates mu(k), time grids and index sampling.
+"""Discretisation curricula N(k), teacher EMA rates mu(k), time grids, index and time sampling.
 
 Everything takes the training step as a traced integer and returns traced values, and grids are
 evaluated at traced indices for a traced N, so a change of N during training never recompiles.
@@ -300,3 +300,14 @@ class DiscreteLogNormal(AbstractIndexSampler):
 
     def sample(self, key, shape, grid, schedule, num, max_num):
         return jax.random.categorical(key, self.log_probs(grid, schedule, num, max_num), shape=shape).astype(jnp.int32)
+
+
+def lognormal_times(
+    key: PRNGKeyArray, shape: tuple[int, ...], schedule: AbstractSchedule, p_mean: float, p_std: float, dtype=None
+) -> Array:
+    """Times whose noise level $\\sigma(t)/\\alpha(t)$ is log-normal, $\\log n \\sim N(P_{mean}, P_{std}^2)$,
+    clipped to the schedule's range: EDM's and ECT's proposal on the variance-exploding schedule
+    ($t = n$), sCM's $t = \\arctan(n/\\sigma_d)$ on TrigFlow."""
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    log_noise = p_mean + p_std * jr.normal(key, shape, dtype)
+    return jnp.vectorize(schedule.time_at_log_noise)(log_noise).astype(dtype)

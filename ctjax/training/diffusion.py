@@ -30,7 +30,8 @@ from .._misc import is_concrete
 from .._nets import AbstractNetwork
 from .._schedules import AbstractSchedule, TrigFlow
 from .base import AbstractTrainer
-from .continuous import check_trigflow_model, conditional_path, network_output, trigflow_sigma_data, trigflow_times
+from .continuous import check_trigflow_model, conditional_path, network_output, trigflow_sigma_data
+from .curricula import lognormal_times
 from .state import plain_init, plain_step, TrainState
 
 
@@ -131,7 +132,7 @@ class FlowMatchingTrainer(_PretrainingTrainer):
         sd = trigflow_sigma_data(model)
         num_batch, dtype = batch.shape[0], batch.dtype
         k_time, k_noise, k_drop = jr.split(key, 3)
-        t = trigflow_times(k_time, (num_batch,), model.schedule, self.p_mean, self.p_std, dtype)
+        t = lognormal_times(k_time, (num_batch,), model.schedule, self.p_mean, self.p_std, dtype)
         noise = jr.normal(k_noise, batch.shape, dtype)
         x_t, dx_dt = jax.vmap(conditional_path, in_axes=(None, 0, 0, 0))(sd, batch, noise, t)
         F = jax.vmap(lambda t_, x_, k_: network_output(model, t_, x_, key=k_))(t, x_t, jr.split(k_drop, num_batch))
@@ -181,8 +182,7 @@ class DenoisingTrainer(_PretrainingTrainer):
         schedule: AbstractSchedule = model.schedule
         num_batch, dtype = batch.shape[0], batch.dtype
         k_time, k_noise, k_drop = jr.split(key, 3)
-        log_noise = self.p_mean + self.p_std * jr.normal(k_time, (num_batch,), dtype)
-        t = jax.vmap(schedule.time_at_log_noise)(log_noise).astype(dtype)
+        t = lognormal_times(k_time, (num_batch,), schedule, self.p_mean, self.p_std, dtype)
         a = jax.vmap(schedule.alpha)(t).astype(dtype)
         s = jax.vmap(schedule.sigma)(t).astype(dtype)
         eps = jr.normal(k_noise, batch.shape, dtype)

@@ -22,6 +22,7 @@ from .._misc import is_concrete
 from .._schedules import VarianceExploding
 from .base import AbstractTrainer
 from .consistency import stop_gradient_model
+from .curricula import lognormal_times
 from .state import plain_init, plain_step, TrainState
 
 
@@ -177,8 +178,7 @@ class ECTTrainer(AbstractTrainer):
         schedule = model.schedule
         num_batch, dtype = batch.shape[0], batch.dtype
         k_time, k_noise, k_drop = jr.split(key, 3)
-        n = jr.normal(k_time, (num_batch,), dtype)
-        t = jnp.clip(jnp.exp(self.p_std * n + self.p_mean), schedule.t_min, schedule.t_max).astype(dtype)
+        t = lognormal_times(k_time, (num_batch,), schedule, self.p_mean, self.p_std, dtype)
         stage = self.stage(step)
         r = self.t_to_r(t, stage)
         eps = jr.normal(k_noise, batch.shape, dtype)
