@@ -45,11 +45,12 @@ def check_shape(x: jax.Array, shape: tuple, name: str, hint: str = "") -> None:
         raise ValueError(f"`{name}` must have shape {want}, got {tuple(x.shape)}.{(' ' + hint) if hint else ''}")
 
 
-def check_time(schedule, t: Any, name: str) -> jax.Array:
+def check_time(schedule, t: Any, name: str, *, traced: bool = True) -> jax.Array:
     """Check that `t` is a scalar inside [t_min, t_max] of `schedule`.
 
     Concrete values raise a ValueError at once; traced values are checked at run time with
-    `eqx.error_if`, whose result must be used (it is returned).
+    `eqx.error_if`, whose result must be used (it is returned), unless `traced` is False (for hot
+    paths whose traced times are in range by construction).
     """
     t = as_float_array(t, name)
     if t.ndim != 0:
@@ -68,6 +69,8 @@ def check_time(schedule, t: Any, name: str) -> jax.Array:
             raise ValueError(f"`{name}` must be finite, got {float(t)}.")
         if bool(t < lo) or bool(t > hi):
             raise ValueError(msg.replace("must lie", f"= {float(t)} must lie"))
+        return t
+    if not traced:
         return t
     return eqx.error_if(t, (t < lo) | (t > hi) | ~jnp.isfinite(t), msg)
 

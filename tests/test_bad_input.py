@@ -151,6 +151,18 @@ def test_flow_map_t_to_outside_schedule(problem):
         ctjax.flow_map(target, schedule, jnp.zeros(2), 1.0, 0.0)
 
 
+def test_consistency_function_t_outside_schedule(problem):
+    model = problem[2]
+    with pytest.raises(ValueError, match=r"`t` = 100.0 must lie in \[t_min, t_max\] of VarianceExploding"):
+        model(100.0, jnp.zeros(2))
+    with pytest.raises(ValueError, match="`t` must be finite"):
+        model(jnp.nan, jnp.zeros(2))
+    # The end points themselves are valid, in float32 too (TrigFlow's t_max = pi/2 rounds up).
+    trig = ctjax.ConsistencyFunction(model.net, ctjax.TrigFlow(0.5), ctjax.TrigFlowScalings(0.5))
+    assert np.isfinite(np.asarray(trig(jnp.float32(np.pi / 2), jnp.zeros(2, jnp.float32)))).all()
+    assert np.array_equal(np.asarray(model(0.002, jnp.ones(2))), np.ones(2))
+
+
 def test_sample_times_outside_schedule(problem):
     model = problem[2]
     with pytest.raises(ValueError, match=r"`times` must lie in \(t_min, t_max\] = \(0.002, 80\]"):

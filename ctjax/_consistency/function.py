@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
-from .._misc import as_float_array
+from .._misc import as_float_array, check_time
 from .._nets import AbstractNetwork
 from .._schedules import AbstractSchedule, TrigFlow
 from .base import AbstractConsistencyModel
@@ -14,10 +14,9 @@ from .scalings import AbstractScalings, EDMScalings, TrigFlowScalings
 
 def apply_scalings(scalings: AbstractScalings, schedule: AbstractSchedule, net, t, x, key) -> Array:
     """$c_{skip} x + c_{out} F(c_{in} x, c_{noise})$, returning `x` itself (bit for bit) at `t_min`."""
-    t = as_float_array(t, "t")
+    # Concrete times only: the trainers' traced times lie in the range by construction.
+    t = check_time(schedule, t, "t", traced=False)
     x = as_float_array(x, "x")
-    if t.ndim != 0:
-        raise ValueError(f"`t` must be a scalar time, got shape {t.shape}; vmap over a batch of times.")
     c_skip, c_out, c_in, c_noise = (jnp.asarray(c).astype(x.dtype) for c in scalings(schedule, t))
     out = c_skip * x + c_out * net(c_in * x, c_noise, key=key)
     # The boundary condition holds exactly, whatever the network or its parameters.
