@@ -1,6 +1,7 @@
 """The `ctjax` command: every subcommand with tiny budgets, one-line errors, and a run killed
 mid-training that resumes to exactly the state of an uninterrupted run."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 
 from ctjax.experiments import cli
+from ctjax.experiments.config import ModelConfig, TrainConfig
+from ctjax.experiments.setup import resolve_defaults
 
 
 TINY = ["--model.width", "16", "--model.depth", "1", "--batch-size", "32", "--no-progress", "--no-evaluate"]
@@ -30,7 +33,7 @@ def test_train_eval_sample_plot(tmp_path, capsys):
     )
     assert code == 0, out
     config = json.loads((run / "config.json").read_text())
-    assert config["steps"] == 40 and config["method"] == "cd" and config["model"]["width"] == 16
+    assert config["steps"] == 40 and config["method"] == "scd" and config["model"]["width"] == 16
     assert json.loads((run / "checkpoint.json").read_text())["step"] == 40
     with np.load(run / "history.npz") as h:
         assert h["loss"].shape == (40,) and np.all(np.isfinite(h["loss"]))
@@ -113,6 +116,8 @@ def test_digits_figure(tmp_path, capsys):
             "2",
             "--out",
             str(run),
+            "--model.architecture",
+            "conv",
             "--model.width",
             "8",
             "--batch-size",
@@ -126,6 +131,20 @@ def test_digits_figure(tmp_path, capsys):
     code, _, _ = _run(["plot", str(run), "--num", "50"], capsys)
     assert code == 0
     assert (run / "figures" / "digits.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((run / "config.json").read_text())["model"]["width"] == 8
+
+
+@pytest.mark.parametrize(
+    "options, width",
+    [({}, 128), ({"architecture": "conv"}, 32), ({"width": 48}, 48), ({"architecture": "conv", "width": 8}, 8)],
+)
+def test_default_width(options, width):
+    """What a run records for an unset --model.width: 128 for the MLP, 32 ConvNet channels; a width
+    that is set is kept, and nothing else changes."""
+    model = ModelConfig(**options)
+    resolved = resolve_defaults(TrainConfig(preset="digits", model=model))
+    assert resolved.model.width == width
+    assert dataclasses.replace(resolved.model, width=model.width) == model
 
 
 @pytest.mark.parametrize(

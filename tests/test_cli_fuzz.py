@@ -68,7 +68,7 @@ TRAIN_OPTIONS = [
     ("--model.dropout", _float),
     ("--model.embedding", lambda: st.sampled_from(["fourier", "sinusoidal", "rff"])),
     ("--model.sigma-data", _float),
-    ("--model.architecture", lambda: st.sampled_from(["auto", "mlp", "conv", "unet"])),
+    ("--model.architecture", lambda: st.sampled_from(["mlp", "conv", "unet"])),
     ("--optim.lr", _float),
     ("--optim.warmup", _int),
     ("--optim.final-lr-fraction", _float),

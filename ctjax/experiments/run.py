@@ -17,7 +17,15 @@ from .._schedules import DiscreteVP
 from ..training import fit
 from .checkpoint import _atomic_write, CheckpointError, load_checkpoint, save_checkpoint
 from .config import EvalConfig, PlotConfig, SampleConfig, to_json, train_config_from_json, TrainConfig
-from .setup import build_mesh, build_method, build_problem, ConfigError, options_named, sampling_times
+from .setup import (
+    build_mesh,
+    build_method,
+    build_problem,
+    ConfigError,
+    options_named,
+    resolve_defaults,
+    sampling_times,
+)
 
 
 CONFIG = "config.json"
@@ -105,6 +113,7 @@ def train(cfg: TrainConfig) -> pathlib.Path:
         jax.config.update("jax_enable_x64", True)
     with options_named(cfg):
         problem = build_problem(cfg)
+        cfg = resolve_defaults(cfg)
         trainer, model, total = build_method(cfg, problem)
         mesh = build_mesh(cfg.devices, cfg.batch_size)
         state = trainer.init(model, key=jr.key(cfg.seed))

@@ -128,21 +128,32 @@ def _optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformati
     return optax.chain(*parts, optax.adam(schedule))
 
 
+def default_width(cfg: TrainConfig) -> int:
+    """`--model.width`, or its default: MLP width 128, 32 ConvNet channels (on every preset; chosen
+    by benchmarks/cli_defaults.py, where width 128 beat 512 on digits too)."""
+    if cfg.model.width is not None:
+        return cfg.model.width
+    return 32 if cfg.model.architecture == "conv" else 128
+
+
+def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the architecture-dependent defaults filled in (what the run's saved config records)."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, width=default_width(cfg)))
+
+
 def _network(cfg: TrainConfig, problem: Problem, key, width: int | None = None, depth: int | None = None):
     m = cfg.model
-    arch = m.architecture
     embedding = m.embedding
     if embedding == "auto":  # sCM's tangents need dF/dt: no high-frequency Fourier features of t
         embedding = "sinusoidal" if cfg.method in ("sct", "scd") else "fourier"
-    if arch == "auto":
-        arch = "conv" if problem.image_shape is not None else "mlp"
-    if arch == "conv":
+    width = width or default_width(cfg)
+    if m.architecture == "conv":
         if problem.image_shape is None:
             raise ConfigError("--model.architecture conv needs image data (the digits preset).")
-        return ConvNet(problem.image_shape, channels=width or m.width, dropout=m.dropout, embedding=embedding, key=key)
+        return ConvNet(problem.image_shape, channels=width, dropout=m.dropout, embedding=embedding, key=key)
     return MLP(
         problem.dim,
-        width=width or m.width,
+        width=width,
         depth=m.depth if depth is None else depth,
         embedding=embedding,
         dropout=m.dropout,
