@@ -44,7 +44,7 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict", "--site-dir", os.path.join(session.create_tmp(), "site"))
 
 
-BENCHMARKS = ["flow_throughput", "train_throughput", "staged_compile"]
+BENCHMARKS = ["flow_throughput", "train_throughput", "staged_compile", "conv_in_scan"]
 
 
 # A plain pip venv: pip installs the CPU build of PyTorch from the `bench` extra (uv would resolve
@@ -54,7 +54,8 @@ def bench(session: nox.Session) -> None:
     """Benchmarks (about 10 minutes on the 2-core machine): print tables and write benchmarks/results/*.json.
 
     `nox -s bench -- train_throughput` runs only the named scripts. The long quality and scaling
-    studies are manual: `python benchmarks/quality_gmm.py` and `python benchmarks/scaling.py`.
+    studies are manual: `python benchmarks/quality_gmm.py`, `python benchmarks/scaling.py` and
+    `python benchmarks/cli_defaults.py` (how the command line's defaults were chosen, about 30 minutes).
     """
     session.install("-e", ".[bench]")
     for name in session.posargs or BENCHMARKS:

@@ -7,7 +7,7 @@ the same network (checked here before timing). Timed: one gradient step of the m
 (forward and backward through the whole network) on a batch of 8x8 digits-shaped inputs, as K steps
 in one `lax.scan` and as single jitted calls; medians over repeats, alternating the variants.
 
-    python benchmarks/conv_in_scan.py [--channels 32,64] [--batch 128] [--repeats 5]
+    python benchmarks/conv_in_scan.py [--channels 16,32] [--batch 128] [--repeats 3]
 
 Prints a table and writes benchmarks/results/conv_in_scan.json.
 """
@@ -78,9 +78,9 @@ def ms_per_step(fn, args, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--channels", default="32,64")
+    parser.add_argument("--channels", default="16,32")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     rows = []
     for channels in [int(c) for c in args.channels.split(",")]:
