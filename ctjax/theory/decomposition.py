@@ -329,7 +329,7 @@ def staged_error_decomposition(
             raise ValueError(f"`stages` must be integers in [2, {T}] (stage 1 is the identity), got {given}.")
         chosen = sorted({int(k) for k in given} | {T})
 
-    rows = {name: [] for name in ("e", "e_se", "d", "d_se", "xi", "xi_se")}
+    per_stage = []  # device arrays, read back after the loop (no host sync per stage)
     last = None
     for k in chosen:
         k_x, k_z, k_post = jr.split(jr.fold_in(key, k), 3)
@@ -346,14 +346,17 @@ def staged_error_decomposition(
             float(rtol),
             float(atol),
         )
-        for name, values in (("e", e), ("d", d), ("xi", xi)):
+        per_stage.append((e, d, xi))
+        if k == T:
+            last = (f, phi)
+    assert last is not None
+    f_T, phi_T = (np.asarray(a, np.float64) for a in last)
+    rows = {name: [] for name in ("e", "e_se", "d", "d_se", "xi", "xi_se")}
+    for stage_values in per_stage:
+        for name, values in zip(("e", "d", "xi"), stage_values):
             values = np.asarray(values, dtype=np.float64)
             rows[name].append(values.mean())
             rows[name + "_se"].append(values.std(ddof=1) / np.sqrt(num_points) if num_points > 1 else np.inf)
-        if k == T:
-            last = (np.asarray(f, np.float64), np.asarray(phi, np.float64))
-    assert last is not None
-    f_T, phi_T = last
 
     # X_1 samples for W1 (independent of the X_T samples).
     k_x, k_z = jr.split(jr.fold_in(key, 0))
