@@ -73,10 +73,13 @@ def _conv(layer: eqx.nn.Conv2d, x: Array) -> Array:
     matrix product of the k^2 shifted copies of `x` (im2col) with the reshaped kernel.
 
     Why not `lax.conv`: XLA's CPU backend runs convolutions and their gradients inside a loop
-    (`lax.scan`, as in `fit`) 15-20x slower than outside one (jax-ml/jax#12868, in either layout),
-    while this form is one matrix product wherever it runs."""
+    (`lax.scan`, as in `fit`) about 9-17x slower than this form (jax-ml/jax#12868, in either layout;
+    benchmarks/conv_in_scan.py), while this form is one matrix product wherever it runs."""
     k, stride = layer.kernel_size[0], layer.stride[0]
     pad = (k - 1) // 2
+    # The layers built by ConvNet; anything else would be computed wrongly, so fail loudly.
+    assert layer.kernel_size == (k, k) and layer.stride == (stride, stride) and k % 2 == 1
+    assert tuple(layer.padding) == ((pad, pad), (pad, pad)) and layer.dilation == (1, 1) and layer.groups == 1
     height, width, c_in = x.shape
     h_out, w_out = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
     padded = jnp.pad(x, ((pad, pad), (pad, pad), (0, 0)))
@@ -95,13 +98,14 @@ def _norm(layer: eqx.nn.GroupNorm, x: Array) -> Array:
     """`layer`'s group normalisation of an (H, W, C) array (statistics over pixels and the channels of a group)."""
     height, width, channels = x.shape
     groups = layer.groups
-    y = x.reshape(height, width, groups, channels // groups)
+    # Statistics in at least float32 (as Equinox's GroupNorm), whatever the activations' precision.
+    y = x.astype(promote_dtypes(x.dtype, jnp.float32)).reshape(height, width, groups, channels // groups)
     mean = jnp.mean(y, axis=(0, 1, 3), keepdims=True)
     var = jnp.var(y, axis=(0, 1, 3), keepdims=True)
     y = ((y - mean) * jax.lax.rsqrt(var + layer.eps)).reshape(x.shape)
     if layer.channelwise_affine:
         y = y * layer.weight[None, None, :] + layer.bias[None, None, :]  # pyright: ignore[reportOptionalSubscript]
-    return y
+    return y.astype(x.dtype)
 
 
 class ConvNet(AbstractNetwork):
@@ -118,7 +122,7 @@ class ConvNet(AbstractNetwork):
     $e = \\mathrm{SiLU}(\\mathrm{Lin}(\\mathrm{SiLU}(\\mathrm{Lin}(\\mathrm{emb}(c_{noise})))))$ of width $4c$.
     GroupNorms use gcd(channels, 8) groups. Activations are kept channels-last and each convolution
     is one matrix product of the shifted copies of its input (im2col): on CPU, `lax.conv` inside
-    `fit`'s `lax.scan` is 15-20x slower (benchmarks/conv_in_scan.py).
+    `fit`'s `lax.scan` is 9-17x slower (benchmarks/conv_in_scan.py).
 
     Computation is in `promote_types(x.dtype, parameter dtype)`; the output is cast back to `x.dtype`.
     """
