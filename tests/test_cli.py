@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ctjax.experiments import cli
-from ctjax.experiments.config import ModelConfig, TrainConfig
+from ctjax.experiments.config import ModelConfig, to_json, train_config_from_json, TrainConfig
 from ctjax.experiments.setup import resolve_defaults
 
 
@@ -145,6 +145,19 @@ def test_default_width(options, width):
     resolved = resolve_defaults(TrainConfig(preset="digits", model=model))
     assert resolved.model.width == width
     assert dataclasses.replace(resolved.model, width=model.width) == model
+    # The staged methods with one network per stage use --staged.width; --model.width stays unset.
+    staged = TrainConfig(method="staged", model=model)
+    assert resolve_defaults(staged) == staged
+
+
+@pytest.mark.parametrize("preset, architecture", [("digits", "conv"), ("gmm2d", "mlp")])
+def test_config_saved_with_architecture_auto_still_loads(preset, architecture):
+    """Runs saved while "auto" existed (the ConvNet for digits, the MLP otherwise) rebuild the same network."""
+    saved = to_json(TrainConfig(preset=preset, model=ModelConfig(width=8)))
+    saved["model"]["architecture"] = "auto"
+    cfg = train_config_from_json(saved)
+    assert cfg.model.architecture == architecture
+    assert dataclasses.replace(cfg.model, architecture="mlp") == ModelConfig(width=8)
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ class ModelConfig:
     """The network F of the consistency function."""
 
     width: int | None = None
-    """Hidden width (MLP) or base channels (ConvNet). None: 128 for the MLP, 32 channels for the ConvNet
-    (benchmarks/cli_defaults.py: on digits, width 128 gave a lower W1 than 512 in a third of the time)."""
+    """Hidden width (MLP) or base channels (ConvNet). None: 128 for the MLP (benchmarks/cli_defaults.py:
+    on digits, width 128 gave a lower W1 than 512 in a third of the time), 32 channels for the ConvNet."""
     depth: int = 3
     """Residual blocks of the MLP."""
     dropout: float = 0.0
@@ -214,6 +214,15 @@ def to_json(config) -> dict:
     }
 
 
+def _upgrade_model(model: dict, data: dict) -> dict:
+    """The model section of a run saved before `architecture="auto"` was removed ("auto" meant the
+    ConvNet for the digits preset, the MLP otherwise)."""
+    if model.get("architecture") != "auto":
+        return model
+    digits = data.get("preset") == "digits" and data.get("data") is None and data.get("target") is None
+    return {**model, "architecture": "conv" if digits else "mlp"}
+
+
 def train_config_from_json(data: dict) -> TrainConfig:
     """Rebuild a TrainConfig saved by `to_json`."""
     nested = {
@@ -232,7 +241,7 @@ def train_config_from_json(data: dict) -> TrainConfig:
             continue
         value = data[field.name]
         if field.name in nested:
-            value = nested[field.name](**value)
+            value = nested[field.name](**(_upgrade_model(value, data) if field.name == "model" else value))
         elif field.name in ("data", "target", "out", "resume") and value is not None:
             value = pathlib.Path(value)
         kwargs[field.name] = value

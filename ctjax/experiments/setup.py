@@ -129,15 +129,19 @@ def _optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformati
 
 
 def default_width(cfg: TrainConfig) -> int:
-    """`--model.width`, or its default: MLP width 128, 32 ConvNet channels (on every preset; chosen
-    by benchmarks/cli_defaults.py, where width 128 beat 512 on digits too)."""
+    """`--model.width`, or its default: MLP width 128 on every preset (benchmarks/cli_defaults.py:
+    on digits it beat 512 in both W1 columns), 32 ConvNet channels (at 128 channels a digits step
+    took 1.8 s on 2 cores; 32 is the width measured there)."""
     if cfg.model.width is not None:
         return cfg.model.width
     return 32 if cfg.model.architecture == "conv" else 128
 
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with the architecture-dependent defaults filled in (what the run's saved config records)."""
+    """`cfg` with the architecture-dependent defaults filled in (what the run's saved config records).
+    The staged methods with one network per stage use `--staged.width`: their `--model.width` stays unset."""
+    if cfg.method in ("staged", "staged-simultaneous"):
+        return cfg
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, width=default_width(cfg)))
 
 
