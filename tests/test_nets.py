@@ -9,6 +9,7 @@ import pytest
 
 from ctjax._nets import ConvNet, FourierEmbedding, LinearNet, MLP, SinusoidalEmbedding
 from ctjax._nets.base import apply_dropout, dropout_masks
+from ctjax._nets.conv import _conv
 
 from .helpers import assert_close
 
@@ -411,6 +412,26 @@ def test_initialisation_law(getkey):
 
     assert np.array_equal(flat(jr.key(1)), flat(jr.key(1)))
     assert np.all(flat(jr.key(1))[:-36] != flat(jr.key(2))[:-36])  # all but the zero output layer
+
+
+@pytest.mark.parametrize("k, stride", [(3, 1), (3, 2), (1, 1)])
+def test_im2col_convolution_matches_lax_conv(k, stride, getkey):
+    """The CPU form (im2col matrix product) and the other backends' form (channels-last lax.conv)
+    of every convolution ConvNet uses agree, on an odd-sized input too."""
+    layer = perturb(
+        eqx.nn.Conv2d(5, 7, k, stride=stride, padding=(k - 1) // 2, key=getkey(), dtype=jnp.float64), getkey()
+    )
+    x = normal(getkey(), (7, 6, 5))
+    a, b = _conv(layer, x, im2col=True), _conv(layer, x, im2col=False)
+    assert a.shape == b.shape == ((7 - 1) // stride + 1, (6 - 1) // stride + 1, 7)
+    assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # And both are the NumPy reference (channels first).
+    assert_close(
+        np.transpose(np.asarray(a), (2, 0, 1)),
+        np_conv(layer, np.transpose(np.asarray(x), (2, 0, 1))),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 6), (3, 8, 8), (1, 2, 2)])

@@ -68,29 +68,41 @@ def _upsample(x: Array) -> Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=0), 2, axis=1)
 
 
-def _conv(layer: eqx.nn.Conv2d, x: Array) -> Array:
-    """`layer` (square kernel k, stride s, padding (k - 1) / 2) applied to an (H, W, C_in) array, as one
-    matrix product of the k^2 shifted copies of `x` (im2col) with the reshaped kernel.
+def _conv(layer: eqx.nn.Conv2d, x: Array, im2col: bool | None = None) -> Array:
+    """`layer` (square kernel k, stride s, padding (k - 1) / 2) applied to an (H, W, C_in) array.
 
-    Why not `lax.conv`: XLA's CPU backend runs convolutions and their gradients inside a loop
-    (`lax.scan`, as in `fit`) about 9-17x slower than this form (jax-ml/jax#12868, in either layout;
-    benchmarks/conv_in_scan.py), while this form is one matrix product wherever it runs."""
+    On CPU (`im2col=None` there, or `im2col=True`) as one matrix product of the k^2 shifted copies
+    of `x` (im2col) with the reshaped kernel: XLA's CPU backend runs `lax.conv` and its gradients
+    inside a loop (`lax.scan`, as in `fit`) about 9-17x slower than this form (jax-ml/jax#12868, in
+    either layout; benchmarks/conv_in_scan.py). Elsewhere as a channels-last `lax.conv`, which GPUs
+    run natively without the k^2 copy of the input."""
     k, stride = layer.kernel_size[0], layer.stride[0]
     pad = (k - 1) // 2
     # The layers built by ConvNet; anything else would be computed wrongly, so fail loudly.
     assert layer.kernel_size == (k, k) and layer.stride == (stride, stride) and k % 2 == 1
     assert tuple(layer.padding) == ((pad, pad), (pad, pad)) and layer.dilation == (1, 1) and layer.groups == 1
-    height, width, c_in = x.shape
-    h_out, w_out = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
-    padded = jnp.pad(x, ((pad, pad), (pad, pad), (0, 0)))
-    shifts = [
-        padded[i : i + stride * (h_out - 1) + 1 : stride, j : j + stride * (w_out - 1) + 1 : stride]
-        for i in range(k)
-        for j in range(k)
-    ]
-    patches = shifts[0] if k == 1 else jnp.concatenate(shifts, axis=-1)  # (H', W', k k C_in), order (i, j, c)
-    kernel = jnp.transpose(layer.weight, (2, 3, 1, 0)).reshape(k * k * c_in, -1)  # (O, I, k, k) -> (k k I, O)
-    out = patches @ kernel
+    if im2col is None:
+        im2col = jax.default_backend() == "cpu"
+    if im2col:
+        height, width, c_in = x.shape
+        h_out, w_out = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
+        padded = jnp.pad(x, ((pad, pad), (pad, pad), (0, 0)))
+        shifts = [
+            padded[i : i + stride * (h_out - 1) + 1 : stride, j : j + stride * (w_out - 1) + 1 : stride]
+            for i in range(k)
+            for j in range(k)
+        ]
+        patches = shifts[0] if k == 1 else jnp.concatenate(shifts, axis=-1)  # (H', W', k k C_in), order (i, j, c)
+        kernel = jnp.transpose(layer.weight, (2, 3, 1, 0)).reshape(k * k * c_in, -1)  # (O, I, k, k) -> (k k I, O)
+        out = patches @ kernel
+    else:
+        out = jax.lax.conv_general_dilated(
+            x[None],
+            layer.weight,
+            (stride, stride),
+            ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "OIHW", "NHWC"),
+        )[0]
     return out if layer.bias is None else out + layer.bias.reshape(1, 1, -1)
 
 
@@ -120,9 +132,10 @@ class ConvNet(AbstractNetwork):
     Residual blocks are pre-activation (GroupNorm, SiLU, conv) with the time embedding added as a
     per-channel shift after the first conv, and dropout before the second. The time embedding is
     $e = \\mathrm{SiLU}(\\mathrm{Lin}(\\mathrm{SiLU}(\\mathrm{Lin}(\\mathrm{emb}(c_{noise})))))$ of width $4c$.
-    GroupNorms use gcd(channels, 8) groups. Activations are kept channels-last and each convolution
-    is one matrix product of the shifted copies of its input (im2col): on CPU, `lax.conv` inside
-    `fit`'s `lax.scan` is 9-17x slower (benchmarks/conv_in_scan.py).
+    GroupNorms use gcd(channels, 8) groups. Activations are kept channels-last; on CPU each
+    convolution is one matrix product of the shifted copies of its input (im2col), because
+    `lax.conv` inside `fit`'s `lax.scan` is 9-17x slower there (benchmarks/conv_in_scan.py); other
+    backends use `lax.conv`.
 
     Computation is in `promote_types(x.dtype, parameter dtype)`; the output is cast back to `x.dtype`.
     """
