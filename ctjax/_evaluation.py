@@ -17,7 +17,7 @@ def _map_error_at(model, exact, target, t, num_points: int, batch_size: int, key
     k_data, k_noise = jr.split(key)
     x0 = target.sample(k_data, num_points)
     dtype = x0.dtype
-    xt = schedule.alpha(t).astype(dtype) * x0 + schedule.sigma(t).astype(dtype) * jr.normal(k_noise, x0.shape, dtype)
+    xt = schedule.interpolate(t, x0, jr.normal(k_noise, x0.shape, dtype))
 
     def both(x):
         return model(t, x), exact(t, x)

@@ -67,6 +67,11 @@ class AbstractSchedule(eqx.Module):
     def time_at_log_noise(self, log_noise: ArrayLike) -> Array:
         """The time $t$ with $\\log(\\sigma/\\alpha)(t)$ = `log_noise`, clipped to [t_min, t_max]."""
 
+    def interpolate(self, t: ArrayLike, x0: ArrayLike, z: ArrayLike) -> Array:
+        """$x_t = \\alpha(t) x_0 + \\sigma(t) z$ (any shapes that broadcast), in the dtype of `x0`."""
+        x0 = jnp.asarray(x0)
+        return self.alpha(t).astype(x0.dtype) * x0 + self.sigma(t).astype(x0.dtype) * jnp.asarray(z, x0.dtype)
+
     def log_noise(self, t: ArrayLike) -> Array:
         """$\\lambda(t) = \\log \\sigma(t) - \\log \\alpha(t)$; $-\\infty$ where $\\sigma = 0$, $+\\infty$ where $\\alpha = 0$."""
         return jnp.log(self.sigma(t)) - jnp.log(self.alpha(t))

@@ -142,10 +142,7 @@ def stage_error_terms(
 
 @eqx.filter_jit
 def _stage_batch(model, target, index, x0, z, keys, num_posterior: int, rtol: float, atol: float):
-    t_k = model.times[index]
-    a = model.schedule.alpha(t_k).astype(x0.dtype)
-    s = model.schedule.sigma(t_k).astype(x0.dtype)
-    points = a * x0 + s * z  # samples of the forward marginal X_k
+    points = model.schedule.interpolate(model.times[index], x0, z)  # samples of the forward marginal X_k
     terms = jax.vmap(lambda x, k: _terms(model, target, index, x, k, num_posterior, rtol, atol))(points, keys)
     norm = lambda v: jnp.linalg.norm(v, axis=-1)
     return norm(terms.f - terms.f_star), norm(terms.delta), norm(terms.xi), terms.f, terms.phi
@@ -361,10 +358,7 @@ def staged_error_decomposition(
     # X_1 samples for W1 (independent of the X_T samples).
     k_x, k_z = jr.split(jr.fold_in(key, 0))
     x0 = target.sample(k_x, num_points)
-    t_1 = model.times[0]
-    x_1 = model.schedule.alpha(t_1).astype(x0.dtype) * x0 + model.schedule.sigma(t_1).astype(x0.dtype) * jr.normal(
-        k_z, x0.shape, x0.dtype
-    )
+    x_1 = model.schedule.interpolate(model.times[0], x0, jr.normal(k_z, x0.shape, x0.dtype))
     x_1 = np.asarray(x_1, np.float64)
     arr = lambda name: np.asarray(rows[name], dtype=np.float64)
     return ErrorDecomposition(

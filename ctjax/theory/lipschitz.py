@@ -137,10 +137,7 @@ def lipschitz_estimate(
 
 @eqx.filter_jit
 def _stage_norms(model: StagedConsistencyModel, index, x0, z, keys, num_iterations: int):
-    t = model.times[index]
-    a = model.schedule.alpha(t).astype(x0.dtype)
-    s = model.schedule.sigma(t).astype(x0.dtype)
-    points = a * x0 + s * z
+    points = model.schedule.interpolate(model.times[index], x0, z)
     fn = lambda x: model.stage(index, x)
     return jax.vmap(lambda x, k: _top_singular_value(fn, x, k, num_iterations))(points, keys)
 

@@ -25,7 +25,7 @@ class CoupledNoise(AbstractPairing):
     """Consistency training: $x_{t_{lo}} = \\alpha(t_{lo}) x_0 + \\sigma(t_{lo}) z$ with the same $z$."""
 
     def earlier(self, schedule, x0, z, x_hi, t_lo, t_hi):
-        return schedule.alpha(t_lo).astype(x0.dtype) * x0 + schedule.sigma(t_lo).astype(x0.dtype) * z
+        return schedule.interpolate(t_lo, x0, z)
 
 
 class ExactVelocity(eqx.Module):

@@ -20,8 +20,7 @@ def _stage_pair(model: StagedConsistencyModel, batch: Array, key: PRNGKeyArray, 
     sched, dtype = model.schedule, batch.dtype
     t_k, t_prev = model.times[k], model.times[k - 1]
     z = jr.normal(key, batch.shape, dtype)
-    x_k = sched.alpha(t_k).astype(dtype) * batch + sched.sigma(t_k).astype(dtype) * z
-    x_prev = sched.alpha(t_prev).astype(dtype) * batch + sched.sigma(t_prev).astype(dtype) * z
+    x_k, x_prev = sched.interpolate(t_k, batch, z), sched.interpolate(t_prev, batch, z)
     return t_k, t_prev, x_k, x_prev
 
 
