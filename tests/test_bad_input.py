@@ -204,6 +204,29 @@ def test_empirical_not_finite():
         ctjax.Empirical(jnp.array([[0.0, 1.0], [jnp.inf, 0.0]]))
 
 
+# trainer options
+
+
+ADAM = optax.adam(1e-3)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ict(ADAM, 10, ema_rate=1.0), r"`ema_rate` must be in \[0, 1\) or None, got 1.0"),
+        (lambda: ctjax.training.ect(ADAM, 10, ema_rate=-0.1), "`ema_rate` must be in"),
+        (lambda: ctjax.training.ect(ADAM, 10, p_std=0.0), "`p_std` must be positive, got 0.0"),
+        (lambda: ctjax.training.sct(ADAM, ema_rate=1.5), "`ema_rate` must be in"),
+        (lambda: ctjax.training.sct(ADAM, p_std=-1.0), "`p_std` must be positive"),
+        (lambda: ctjax.training.DenoisingTrainer(ADAM, p_std=0.0), "`p_std` must be positive"),
+        (lambda: ctjax.training.FlowMatchingTrainer(ADAM, ema_rate=2.0), "`ema_rate` must be in"),
+    ],
+)
+def test_trainer_rate_and_spread(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
 # the command line
 
 

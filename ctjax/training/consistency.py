@@ -16,7 +16,6 @@ from .._losses import (
     SquaredL2,
     UniformWeighting,
 )
-from .._misc import is_concrete
 from .base import AbstractTrainer
 from .curricula import (
     AbstractCurriculum,
@@ -34,7 +33,7 @@ from .curricula import (
     UniformIndex,
 )
 from .pairing import AbstractPairing, CoupledNoise, ODEStep
-from .state import ema_update, gradient_step, partition_trainable, TrainState
+from .state import check_ema_rate, ema_update, gradient_step, partition_trainable, TrainState
 
 
 def stop_gradient_model(model):
@@ -88,8 +87,7 @@ class ConsistencyTrainer(AbstractTrainer):
     ):
         if not isinstance(optimizer, optax.GradientTransformation):
             raise TypeError(f"`optimizer` must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
-        if ema_rate is not None and is_concrete(ema_rate) and not 0.0 <= float(ema_rate) < 1.0:
-            raise ValueError(f"`ema_rate` must be in [0, 1) or None, got {ema_rate}.")
+        check_ema_rate(ema_rate)
         self.optimizer = optimizer
         self.curriculum = curriculum
         self.teacher = StopGradientTeacher() if teacher is None else teacher

@@ -30,8 +30,8 @@ from .._nets.embeddings import FourierEmbedding
 from .._schedules import AbstractSchedule, TrigFlow
 from .base import AbstractTrainer
 from .consistency import stop_gradient_model
-from .curricula import lognormal_times
-from .state import ema_update, gradient_step, partition_trainable, TrainState
+from .curricula import check_p_std, lognormal_times
+from .state import check_ema_rate, ema_update, gradient_step, partition_trainable, TrainState
 
 
 _NORMALISATIONS = ("normalise", "clip", "none")
@@ -305,10 +305,8 @@ class ContinuousConsistencyTrainer(AbstractTrainer):
             )
         if is_concrete(normalisation_const) and not float(normalisation_const) > 0:
             raise ValueError(f"`normalisation_const` must be positive, got {normalisation_const}.")
-        if is_concrete(p_std) and not float(p_std) > 0:
-            raise ValueError(f"`p_std` must be positive, got {p_std}.")
-        if ema_rate is not None and is_concrete(ema_rate) and not 0.0 <= float(ema_rate) < 1.0:
-            raise ValueError(f"`ema_rate` must be in [0, 1) or None, got {ema_rate}.")
+        check_p_std(p_std)
+        check_ema_rate(ema_rate)
         if int(weighting_width) < 1:
             raise ValueError(f"`weighting_width` must be a positive integer, got {weighting_width}.")
         self.optimizer = optimizer

@@ -302,6 +302,12 @@ class DiscreteLogNormal(AbstractIndexSampler):
         return jax.random.categorical(key, self.log_probs(grid, schedule, num, max_num), shape=shape).astype(jnp.int32)
 
 
+def check_p_std(p_std: RealScalarLike) -> None:
+    """A ValueError unless `p_std` (when concrete) is positive."""
+    if is_concrete(p_std) and not float(p_std) > 0:
+        raise ValueError(f"`p_std` must be positive, got {p_std}.")
+
+
 def lognormal_times(
     key: PRNGKeyArray, shape: tuple[int, ...], schedule: AbstractSchedule, p_mean: float, p_std: float, dtype=None
 ) -> Array:

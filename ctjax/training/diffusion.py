@@ -31,8 +31,8 @@ from .._nets import AbstractNetwork
 from .._schedules import AbstractSchedule, TrigFlow
 from .base import AbstractTrainer
 from .continuous import check_trigflow_model, conditional_path, network_output, trigflow_sigma_data
-from .curricula import lognormal_times
-from .state import plain_init, plain_step, TrainState
+from .curricula import check_p_std, lognormal_times
+from .state import check_ema_rate, plain_init, plain_step, TrainState
 
 
 class LearnedVelocity(eqx.Module):
@@ -65,13 +65,6 @@ class LearnedVelocity(eqx.Module):
         t = jnp.asarray(t).astype(x.dtype)
         sd = jnp.asarray(self.sigma_data, x.dtype)
         return sd * self.net(x / sd, jnp.asarray(self.time_scale, x.dtype) * t)
-
-
-def _check_lognormal(p_std, ema_rate):
-    if is_concrete(p_std) and not float(p_std) > 0:
-        raise ValueError(f"`p_std` must be positive, got {p_std}.")
-    if ema_rate is not None and is_concrete(ema_rate) and not 0.0 <= float(ema_rate) < 1.0:
-        raise ValueError(f"`ema_rate` must be in [0, 1) or None, got {ema_rate}.")
 
 
 class _PretrainingTrainer(AbstractTrainer):
@@ -123,7 +116,8 @@ class FlowMatchingTrainer(_PretrainingTrainer):
     ema_rate: float | None = 0.999
 
     def __check_init__(self):
-        _check_lognormal(self.p_std, self.ema_rate)
+        check_p_std(self.p_std)
+        check_ema_rate(self.ema_rate)
 
     def check_model(self, model: AbstractConsistencyModel) -> None:
         check_trigflow_model(model)
@@ -167,7 +161,8 @@ class DenoisingTrainer(_PretrainingTrainer):
     ema_rate: float | None = 0.999
 
     def __check_init__(self):
-        _check_lognormal(self.p_std, self.ema_rate)
+        check_p_std(self.p_std)
+        check_ema_rate(self.ema_rate)
 
     def check_model(self, model: AbstractConsistencyModel) -> None:
         if not isinstance(model, ConsistencyFunction):

@@ -22,8 +22,8 @@ from .._misc import is_concrete
 from .._schedules import VarianceExploding
 from .base import AbstractTrainer
 from .consistency import stop_gradient_model
-from .curricula import lognormal_times
-from .state import plain_init, plain_step, TrainState
+from .curricula import check_p_std, lognormal_times
+from .state import check_ema_rate, plain_init, plain_step, TrainState
 
 
 def _check_ve_model(model) -> None:
@@ -105,12 +105,10 @@ class ECTTrainer(AbstractTrainer):
             raise ValueError(f"`k` must be non-negative, got {k}.")
         if is_concrete(huber_c) and not float(huber_c) >= 0:
             raise ValueError(f"`huber_c` must be non-negative, got {huber_c}.")
-        if is_concrete(p_std) and not float(p_std) > 0:
-            raise ValueError(f"`p_std` must be positive, got {p_std}.")
+        check_p_std(p_std)
         if isinstance(stage_offset, bool) or int(stage_offset) != stage_offset or int(stage_offset) < 0:
             raise ValueError(f"`stage_offset` must be a non-negative integer, got {stage_offset!r}.")
-        if ema_rate is not None and is_concrete(ema_rate) and not 0.0 <= float(ema_rate) < 1.0:
-            raise ValueError(f"`ema_rate` must be in [0, 1) or None, got {ema_rate}.")
+        check_ema_rate(ema_rate)
         self.optimizer = optimizer
         self.steps_per_stage = int(steps_per_stage)
         self.q = q

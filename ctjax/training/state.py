@@ -9,6 +9,8 @@ import jax.tree_util as jtu
 import optax
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
+from .._misc import is_concrete
+
 
 class TrainState(eqx.Module):
     """Everything a run needs to continue: the model, the optimiser state, the step, the PRNG key,
@@ -30,6 +32,12 @@ class TrainState(eqx.Module):
 def partition_trainable(model) -> tuple[PyTree, PyTree]:
     """Split a model into (trainable arrays, everything else) by its `trainable()` spec."""
     return eqx.partition(model, model.trainable())
+
+
+def check_ema_rate(ema_rate: Any) -> None:
+    """A ValueError unless `ema_rate` (when concrete) is None or in [0, 1)."""
+    if ema_rate is not None and is_concrete(ema_rate) and not 0.0 <= float(ema_rate) < 1.0:
+        raise ValueError(f"`ema_rate` must be in [0, 1) or None, got {ema_rate}.")
 
 
 def ema_update(average: PyTree, new: PyTree, decay: Array) -> PyTree:
