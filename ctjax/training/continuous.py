@@ -92,6 +92,20 @@ def check_trigflow_velocity(velocity: Any, sigma_data: Any) -> None:
         )
 
 
+def trigflow_draw(
+    model: ConsistencyFunction, batch: Array, key: PRNGKeyArray, p_mean: float, p_std: float
+) -> tuple[Array, Array, Array, Array]:
+    """One batch of sCM's training draw: log-normal times `t` (`lognormal_times`), points
+    $x_t = \\cos t\\, x_0 + \\sin t\\, z$ with their conditional velocities (`conditional_path`), and one
+    dropout key per example."""
+    num_batch, dtype = batch.shape[0], batch.dtype
+    k_time, k_noise, k_drop = jr.split(key, 3)
+    t = lognormal_times(k_time, (num_batch,), model.schedule, p_mean, p_std, dtype)
+    noise = jr.normal(k_noise, batch.shape, dtype)
+    x_t, dx_dt = jax.vmap(conditional_path, in_axes=(None, 0, 0, 0))(trigflow_sigma_data(model), batch, noise, t)
+    return t, x_t, dx_dt, jr.split(k_drop, num_batch)
+
+
 def conditional_path(sigma_data: Any, x0: Array, noise: Array, t: Array) -> tuple[Array, Array]:
     """$(x_t, \\tfrac{dx_t}{dt})$ with $x_t = \\cos t\\, x_0 + \\sin t\\, z$, $z = \\sigma_d\\,$`noise`
     ($z \\sim N(0, \\sigma_d^2 I)$ for standard normal `noise`, as `TrigFlow`'s $\\sigma(t) = \\sigma_d \\sin t$),
@@ -361,17 +375,12 @@ class ContinuousConsistencyTrainer(AbstractTrainer):
         times `t`, points `x_t`, velocities `dx_dt`, the stop-gradient `F_minus`, the raw tangent `g`,
         its normalised version `g_normalised`, the warm-up ratio `r` and the dropout keys `drop_keys`."""
         sd = trigflow_sigma_data(model)
-        num_batch, dtype = batch.shape[0], batch.dtype
-        schedule = model.schedule
-        k_time, k_noise, k_drop = jr.split(key, 3)
-        t = lognormal_times(k_time, (num_batch,), schedule, self.p_mean, self.p_std, dtype)
-        noise = jr.normal(k_noise, batch.shape, dtype)
-        x_t, dx_dt = jax.vmap(conditional_path, in_axes=(None, 0, 0, 0))(sd, batch, noise, t)
+        dtype = batch.dtype
+        t, x_t, dx_dt, drop_keys = trigflow_draw(model, batch, key, self.p_mean, self.p_std)
         if self.velocity is not None:
             check_trigflow_velocity(self.velocity, sd)
             dx_dt = jax.lax.stop_gradient(jax.vmap(self.velocity)(t, x_t).astype(dtype))
         r = self.warmup_ratio(step, dtype)
-        drop_keys = jr.split(k_drop, num_batch)
         F_minus, g = jax.vmap(lambda t_, x_, v_, k_: trigflow_tangent(model, t_, x_, v_, r, key=k_))(
             t, x_t, dx_dt, drop_keys
         )

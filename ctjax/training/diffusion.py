@@ -30,7 +30,7 @@ from .._misc import is_concrete
 from .._nets import AbstractNetwork
 from .._schedules import AbstractSchedule, TrigFlow
 from .base import AbstractTrainer
-from .continuous import check_trigflow_model, conditional_path, network_output, trigflow_sigma_data
+from .continuous import check_trigflow_model, network_output, trigflow_draw, trigflow_sigma_data
 from .curricula import check_p_std, lognormal_times
 from .state import check_ema_rate, plain_init, plain_step, TrainState
 
@@ -124,13 +124,9 @@ class FlowMatchingTrainer(_PretrainingTrainer):
 
     def loss(self, model, batch: Array, key: PRNGKeyArray) -> tuple[Array, dict[str, Array]]:
         sd = trigflow_sigma_data(model)
-        num_batch, dtype = batch.shape[0], batch.dtype
-        k_time, k_noise, k_drop = jr.split(key, 3)
-        t = lognormal_times(k_time, (num_batch,), model.schedule, self.p_mean, self.p_std, dtype)
-        noise = jr.normal(k_noise, batch.shape, dtype)
-        x_t, dx_dt = jax.vmap(conditional_path, in_axes=(None, 0, 0, 0))(sd, batch, noise, t)
-        F = jax.vmap(lambda t_, x_, k_: network_output(model, t_, x_, key=k_))(t, x_t, jr.split(k_drop, num_batch))
-        per_example = jnp.sum((jnp.asarray(sd, dtype) * F - dx_dt) ** 2, axis=-1)
+        t, x_t, dx_dt, drop_keys = trigflow_draw(model, batch, key, self.p_mean, self.p_std)
+        F = jax.vmap(lambda t_, x_, k_: network_output(model, t_, x_, key=k_))(t, x_t, drop_keys)
+        per_example = jnp.sum((jnp.asarray(sd, batch.dtype) * F - dx_dt) ** 2, axis=-1)
         return jnp.mean(per_example), {}
 
 
