@@ -63,3 +63,18 @@ def gaussian_flow_batch(target, schedule, xs, t_from, t_to):
 def time_at_fraction(schedule, frac):
     """A time a fraction `frac` of the way from t_min to t_max."""
     return schedule.t_min + frac * (schedule.t_max - schedule.t_min)
+
+
+class CountingNet(ctjax.AbstractNetwork):
+    """Delegates to `net`, counting traces (a Python side effect runs only when traced)."""
+
+    net: ctjax.AbstractNetwork
+    counter: list = eqx.field(static=True)
+
+    @property
+    def dim(self) -> int:
+        return self.net.dim
+
+    def __call__(self, x, c_noise, *, key=None):
+        self.counter.append(None)
+        return self.net(x, c_noise, key=key)

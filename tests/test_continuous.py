@@ -26,7 +26,7 @@ from ctjax.training.continuous import (
 from ctjax.training.curricula import lognormal_times
 from ctjax.training.diffusion import DenoisingTrainer, FlowMatchingTrainer, LearnedVelocity
 
-from .helpers import assert_close
+from .helpers import assert_close, CountingNet
 
 
 SD = 0.5
@@ -341,21 +341,6 @@ def test_adaptive_weighting_converges_to_log_inverse_mean_residual():
     assert float(jnp.max(w) - jnp.min(w)) > 0.5
 
 
-class _CountingNet(ctjax.AbstractNetwork):
-    """Delegates to `net`, counting traces (a Python side effect runs only when traced)."""
-
-    net: ctjax.AbstractNetwork
-    counter: list = eqx.field(static=True)
-
-    @property
-    def dim(self) -> int:
-        return self.net.dim
-
-    def __call__(self, x, c_noise, *, key=None):
-        self.counter.append(None)
-        return self.net(x, c_noise, key=key)
-
-
 # ---------------------------------------------------------------------------------------------
 # Validation
 
@@ -411,7 +396,7 @@ def test_sct_training_improves_the_map_without_recompiling():
     lr = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 50, 600, 3e-5)
     trainer = sct(optax.adam(lr), warmup_steps=100, ema_rate=0.95)
     model = _model(jr.key(0))
-    model = eqx.tree_at(lambda m: m.net, model, _CountingNet(model.net, counter))
+    model = eqx.tree_at(lambda m: m.net, model, CountingNet(model.net, counter))
     state = trainer.init(model, key=jr.key(1))
     before = _map_errors(trainer.result(state))
     state, hist = fit(trainer, state, GAUSS, num_steps=200, batch_size=256, chunk_size=200, progress=False)

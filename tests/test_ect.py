@@ -16,7 +16,7 @@ from ctjax.training import ExactVelocity, fit
 from ctjax.training.diffusion import DenoisingTrainer, diffusion_pretraining
 from ctjax.training.ect import ect, ECTTrainer
 
-from .helpers import assert_close
+from .helpers import assert_close, CountingNet
 
 
 VE = ctjax.VarianceExploding(0.002, 80.0)
@@ -186,21 +186,6 @@ def test_validation():
     assert isinstance(diffusion_pretraining(optax.sgd(0.0), VE), DenoisingTrainer)
 
 
-class _CountingNet(ctjax.AbstractNetwork):
-    """Delegates to `net`, counting traces (a Python side effect runs only when traced)."""
-
-    net: ctjax.AbstractNetwork
-    counter: list = eqx.field(static=True)
-
-    @property
-    def dim(self) -> int:
-        return self.net.dim
-
-    def __call__(self, x, c_noise, *, key=None):
-        self.counter.append(None)
-        return self.net(x, c_noise, key=key)
-
-
 def _map_errors(model):
     return ctjax.metrics.map_error(model, GAUSS, jnp.array([0.5, 2.0, 10.0]), num_points=2000, key=jr.key(5))
 
@@ -212,7 +197,7 @@ def test_ect_tuning_of_a_denoising_model_improves_the_map_without_recompiling():
     [0.197, 0.612, 0.807] (at large t a denoiser outputs about the mean, not a sample), after ECT
     [0.051, 0.101, 0.119]. Asserted with a margin of about 2. Crossing stages does not retrace."""
     counter = []
-    model = _model(jr.key(0), net=_CountingNet(ctjax.MLP(2, width=16, depth=1, key=jr.key(0)), counter))
+    model = _model(jr.key(0), net=CountingNet(ctjax.MLP(2, width=16, depth=1, key=jr.key(0)), counter))
     untrained = _map_errors(model)
     pre = DenoisingTrainer(optax.adam(optax.cosine_decay_schedule(1e-2, 300, 0.01)), ema_rate=0.9)
     state = pre.init(model, key=jr.key(1))
