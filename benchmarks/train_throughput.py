@@ -34,6 +34,7 @@ Prints a table and writes benchmarks/results/train_throughput.json.
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -224,6 +225,51 @@ def peak_matmul_flops(n=4096, repeats=7):
     return [(flops / statistics.median(t), flops / min(t)) for t in (jax_times, torch_times)]
 
 
+def call_and_wait(fn, *args):
+    return jax.block_until_ready(fn(*args))
+
+
+def dense_product_ms(batch, width, repeats, seconds=0.05):
+    """Milliseconds of each library for the three batch x width x width products of a dense layer.
+
+    Forward x W^T, input gradient dy W and weight gradient dy^T x, each on K separate pairs of
+    operands (so that nothing is hoisted, cached or merged): XLA as one jitted function returning
+    the K products, PyTorch as the same K eager `torch.nn.functional.linear` / `mm` calls its
+    autograd makes. The sides alternate within each repeat; medians, per product.
+    Returns {"ctjax": {"fwd", "dx", "dw"}, "torch": {...}}.
+    """
+    import torch
+
+    k = int(min(max(round(seconds / (2 * batch * width * width / 2e11)), 4), 64))
+    keys = jr.split(jr.key(7), 3 * k)
+    xs = [jr.normal(key, (batch, width), jnp.float32) for key in keys[:k]]
+    dys = [jr.normal(key, (batch, width), jnp.float32) for key in keys[k : 2 * k]]
+    ws = [jr.normal(key, (width, width), jnp.float32) for key in keys[2 * k :]]
+    ours = {
+        "fwd": jax.jit(lambda xs, ws: [x @ w.T for x, w in zip(xs, ws)]),
+        "dx": jax.jit(lambda dys, ws: [dy @ w for dy, w in zip(dys, ws)]),
+        "dw": jax.jit(lambda dys, xs: [dy.T @ x for dy, x in zip(dys, xs)]),
+    }
+    operands = {"fwd": (xs, ws), "dx": (dys, ws), "dw": (dys, xs)}
+    as_torch = {id(a): torch.from_numpy(np.array(a)) for a in xs + dys + ws}
+    theirs = {
+        "fwd": lambda a, b: [torch.nn.functional.linear(x, w) for x, w in zip(a, b)],
+        "dx": lambda a, b: [dy.mm(w) for dy, w in zip(a, b)],
+        "dw": lambda a, b: [dy.t().mm(x) for dy, x in zip(a, b)],
+    }
+    result = {"ctjax": {}, "torch": {}}
+    for name, (a, b) in operands.items():
+        ta, tb = [as_torch[id(v)] for v in a], [as_torch[id(v)] for v in b]
+        run_ours = functools.partial(call_and_wait, ours[name], a, b)
+        run_theirs = functools.partial(theirs[name], ta, tb)
+        run_ours()
+        run_theirs()
+        ctjax_times, torch_times = time_pair(run_ours, run_theirs, repeats)
+        result["ctjax"][name] = 1e3 * statistics.median(ctjax_times) / k
+        result["torch"][name] = 1e3 * statistics.median(torch_times) / k
+    return result
+
+
 def time_pair(run_ctjax, run_torch, repeats):
     """Seconds of each side, alternating within every repeat: (ctjax times, torch times)."""
     ctjax_times, torch_times = [], []
@@ -265,6 +311,11 @@ def bench_one(width, depth, batch, dim, peak, args):
     run_torch(k)
     ctjax_times, torch_times = time_pair(run_ctjax, lambda: run_torch(k), args.repeats)
     ctjax_rate, torch_rate = k / statistics.median(ctjax_times), k / statistics.median(torch_times)
+    # The step's width x width layers (the conditioning MLP's second layer and three per block),
+    # each run forward twice (student, teacher) and backward once (input and weight gradients).
+    products = dense_product_ms(batch, width, args.repeats)
+    layers = 1 + 3 * depth
+    dense = {side: layers * (2 * ms["fwd"] + ms["dx"] + ms["dw"]) for side, ms in products.items()}
     return {
         "width": width,
         "depth": depth,
@@ -281,6 +332,15 @@ def bench_one(width, depth, batch, dim, peak, args):
         "flops_per_step": flops,
         "steps_per_timing": k,
         "ctjax_first_call_seconds": compile_s,
+        "ctjax_dense_ms_per_step": dense["ctjax"],
+        "torch_dense_ms_per_step": dense["torch"],
+        "dense_only_ratio": dense["torch"] / dense["ctjax"],
+        # PyTorch's whole step against ctjax's width x width products alone: the ratio ctjax would
+        # reach if everything else in its step (and its products' fusions) cost nothing.
+        "ratio_ceiling": 1e3 / torch_rate / dense["ctjax"],
+        "ctjax_dense_share_of_step": dense["ctjax"] * ctjax_rate / 1e3,
+        "torch_dense_share_of_step": dense["torch"] * torch_rate / 1e3,
+        "dense_product_ms": products,
     }
 
 
@@ -332,7 +392,10 @@ def main():
     print(f"max relative |f_ctjax - f_torch| on 256 points: {difference:.2e}")
 
     rows = []
-    header = f"{'width':>6}{'batch':>7}{'dim':>5}{'ctjax/s':>10}{'torch/s':>10}{'ratio':>7}{'peak%':>7}{'K':>6}"
+    header = (
+        f"{'width':>6}{'batch':>7}{'dim':>5}{'ctjax/s':>10}{'torch/s':>10}{'ratio':>7}{'peak%':>7}"
+        f"{'dense-only ratio':>18}{'ceiling':>9}{'dense share ctjax/torch':>25}{'K':>6}"
+    )
     print(header)
     for dim in map(int, args.dims.split(",")):
         for width in map(int, args.widths.split(",")):
@@ -341,7 +404,9 @@ def main():
                 rows.append(row)
                 print(
                     f"{width:6d}{batch:7d}{dim:5d}{row['ctjax_steps_per_s']:10.1f}{row['torch_steps_per_s']:10.1f}"
-                    f"{row['ratio']:7.2f}{100 * row['flops_fraction_of_peak']:7.1f}{row['steps_per_timing']:6d}",
+                    f"{row['ratio']:7.2f}{100 * row['flops_fraction_of_peak']:7.1f}{row['dense_only_ratio']:18.2f}{row['ratio_ceiling']:9.2f}"
+                    f"{row['ctjax_dense_share_of_step']:17.2f} / {row['torch_dense_share_of_step']:5.2f}"
+                    f"{row['steps_per_timing']:6d}",
                     flush=True,
                 )
     result = {
