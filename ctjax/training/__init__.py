@@ -41,3 +41,4 @@ from .pairing import (
 )
 from .staged import staged_shared as staged_shared, StagedConsistencyTraining as StagedConsistencyTraining
 from .state import TrainState as TrainState
+from .tuning import PretrainThenTune as PretrainThenTune

@@ -1,0 +1,137 @@
+"""Two trainers in one run: pre-train with one, then tune its result with the other."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, PRNGKeyArray
+
+from .._consistency import AbstractConsistencyModel
+from .._misc import is_concrete
+from .base import AbstractTrainer
+from .state import TrainState
+
+
+def _with_step(state: TrainState, step) -> TrainState:
+    return eqx.tree_at(lambda s: s.step, state, jnp.asarray(step, state.step.dtype))
+
+
+def _cond(pred, true_fn, false_fn, tree):
+    """`lax.cond` that passes a leaf through as it is (a schedule's Python float, say) when neither
+    branch makes it an array; a leaf that one branch returns as an array (a traced copy of the
+    float) is an array from both."""
+    dynamic, static = eqx.partition(tree, eqx.is_array)
+
+    def call(fn, dynamic):
+        return fn(eqx.combine(dynamic, static))
+
+    shapes = [eqx.filter_eval_shape(call, fn, dynamic) for fn in (true_fn, false_fn)]
+    is_dynamic = jax.tree_util.tree_map(
+        lambda a, b: isinstance(a, jax.ShapeDtypeStruct) or isinstance(b, jax.ShapeDtypeStruct), *shapes
+    )
+    out_static = []
+
+    def branch(fn):
+        def run(dynamic):
+            out = jax.tree_util.tree_map(lambda x, d: jnp.asarray(x) if d else x, call(fn, dynamic), is_dynamic)
+            out_dynamic, static_part = eqx.partition(out, is_dynamic)
+            out_static.append(static_part)
+            return out_dynamic
+
+        return run
+
+    out = jax.lax.cond(pred, branch(true_fn), branch(false_fn), dynamic)
+    return eqx.combine(out, out_static[0])
+
+
+def _signature(tree):
+    return jax.tree_util.tree_structure(tree), [
+        (leaf.shape, leaf.dtype) for leaf in jax.tree_util.tree_leaves(tree) if hasattr(leaf, "shape")
+    ]
+
+
+class PretrainThenTune(AbstractTrainer):
+    """`pretrain` for the first `pretrain_steps` steps, then `tune` starting from `pretrain`'s result:
+    ECT's recipe (Geng et al. 2024) of tuning a pre-trained diffusion model, as one run that `fit`
+    drives, one compiled program, and one state that a checkpoint saves and resumes anywhere (the
+    switch included).
+
+    After step `pretrain_steps` the state becomes `tune.init(pretrain.result(state))` at that step:
+    the model carries over (the pre-training EMA where there is one), while the optimiser state (so
+    a learning-rate schedule of `tune`'s optimiser) and the evaluation EMA start afresh, as when a
+    tuning run loads a pre-trained checkpoint. `tune` then sees its own step count,
+    `step - pretrain_steps` (ECT's stages start at 0); the random key of every step remains the
+    run's, $\\mathrm{fold\\_in}(key, step)$.
+
+    The two trainers must keep states of one structure (for instance `DenoisingTrainer` and
+    `ECTTrainer` with optimisers built alike, both with an EMA or both without); `init` checks.
+    The metrics are the union of both trainers' metrics, zero where a phase has none, and `phase`
+    (0 while pre-training, 1 while tuning).
+
+    **Arguments:**
+
+    - `pretrain`, `tune`: the two trainers.
+    - `pretrain_steps`: steps of `pretrain` (0: `tune` alone).
+    """
+
+    pretrain: AbstractTrainer
+    tune: AbstractTrainer
+    pretrain_steps: int = eqx.field(static=True)
+
+    def __init__(self, pretrain: AbstractTrainer, tune: AbstractTrainer, pretrain_steps: int):
+        for name, trainer in (("pretrain", pretrain), ("tune", tune)):
+            if not isinstance(trainer, AbstractTrainer):
+                raise TypeError(f"`{name}` must be a ctjax trainer, got {type(trainer).__name__}.")
+        if isinstance(pretrain_steps, bool) or int(pretrain_steps) != pretrain_steps or int(pretrain_steps) < 0:
+            raise ValueError(f"`pretrain_steps` must be a non-negative integer, got {pretrain_steps!r}.")
+        self.pretrain = pretrain
+        self.tune = tune
+        self.pretrain_steps = int(pretrain_steps)
+
+    def _handover(self, state: TrainState) -> TrainState:
+        return _with_step(self.tune.init(self.pretrain.result(state), key=state.key), state.step)
+
+    def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
+        state = self.pretrain.init(model, key=key)
+        tuned = eqx.filter_eval_shape(self._handover, state)
+        if _signature(tuned) != _signature(state):
+            raise ValueError(
+                f"`pretrain` ({type(self.pretrain).__name__}) and `tune` ({type(self.tune).__name__}) keep training "
+                "states of different structures, so one run cannot switch between them: build both optimisers "
+                "alike (the same chain of transformations) and give both an EMA (`ema_rate`) or neither."
+            )
+        return self.tune.init(model, key=key) if self.pretrain_steps == 0 else state
+
+    def step(self, state: TrainState, batch: Array, *, key: PRNGKeyArray) -> tuple[TrainState, dict[str, Array]]:
+        n = self.pretrain_steps
+        shapes = {
+            **eqx.filter_eval_shape(self.pretrain.step, state, batch, key=key)[1],
+            **eqx.filter_eval_shape(self.tune.step, state, batch, key=key)[1],
+        }
+
+        def union(metrics, phase):
+            out = {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()}
+            out.update({name: jnp.asarray(v).astype(shapes[name].dtype) for name, v in metrics.items()})
+            return {**out, "phase": jnp.asarray(phase, jnp.int32)}
+
+        def pretraining(state):
+            state, metrics = self.pretrain.step(state, batch, key=key)
+            state = _cond(state.step == n, self._handover, lambda s: s, state)
+            return state, union(metrics, 0)
+
+        def tuning(state):
+            state, metrics = self.tune.step(_with_step(state, state.step - n), batch, key=key)
+            return _with_step(state, state.step + n), union(metrics, 1)
+
+        if n == 0:
+            return tuning(state)
+        return _cond(state.step < n, pretraining, tuning, state)
+
+    def result(self, state: TrainState) -> AbstractConsistencyModel:
+        if is_concrete(state.step):
+            return (self.pretrain if int(state.step) < self.pretrain_steps else self.tune).result(state)
+        pretraining = state.step < self.pretrain_steps
+        return jax.tree_util.tree_map(
+            lambda a, b: jnp.where(pretraining, a, b) if eqx.is_array(a) else a,
+            self.pretrain.result(state),
+            self.tune.result(state),
+        )
