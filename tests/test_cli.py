@@ -84,6 +84,23 @@ def test_continuous_time_and_ect_methods(method, tmp_path, capsys):
     assert result["w1_exact_ode"] < 1.6 * result["w1_floor"] < result["w1_1step"]  # 6 steps are not enough
 
 
+def test_ect_after_denoising_pretraining(tmp_path, capsys):
+    """--ect.pretrain-steps: EDM denoising pre-training, then ECT from its EMA with ECT's stages
+    counted from the switch; the run is pretrain-steps + --steps long and evaluates."""
+    run = tmp_path / "ect"
+    options = ["--method", "ect", "--ect.pretrain-steps", "3", "--ect.num-stages", "2", "--steps", "4"]
+    code, out, _ = _run(["train", *options, "--chunk-size", "2", "--out", str(run), *TINY], capsys)
+    assert code == 0, out
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 7
+    with np.load(run / "history.npz") as h:
+        assert h["phase"].tolist() == [0, 0, 0, 1, 1, 1, 1]
+        assert h["stage"].tolist() == [0, 0, 0, 0, 0, 1, 1]
+        assert np.all(np.isfinite(h["loss"]))
+    code, out, _ = _run(["eval", str(run), "--num", "300", "--repeats", "2", "--map-error-points", "64"], capsys)
+    assert code == 0, out
+    assert json.loads((run / "eval.json").read_text())["step"] == 7
+
+
 def test_user_data_and_user_mixture(tmp_path, capsys):
     pts = np.random.default_rng(0).normal(size=(50, 3))
     np.save(tmp_path / "cloud.npy", pts)
@@ -171,6 +188,7 @@ def test_config_saved_with_architecture_auto_still_loads(preset, architecture):
         (["train", "--resume", "/nonexistent/run", *TINY], "not a run directory"),
         (["train", "--optim.lr", "-1", "--steps", "3", *TINY], "lr must be positive"),
         (["train", "--staged.num-stages", "4", "--method", "staged", *TINY], "c1 log"),
+        (["train", "--method", "ect", "--ect.pretrain-steps", "-1", *TINY], "--ect.pretrain-steps must be 0"),
         (["eval", "/nonexistent/run"], "not a ctjax run directory"),
         (["frobnicate"], "frobnicate"),
     ],

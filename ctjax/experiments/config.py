@@ -104,8 +104,13 @@ class SCMConfig:
 
 @dataclasses.dataclass
 class ECTConfig:
-    """Geng et al.'s Easy Consistency Tuning on the VE schedule, from scratch: early stages are (mostly)
-    the diffusion loss, then the gap t - r shrinks stage by stage."""
+    """Geng et al.'s Easy Consistency Tuning on the VE schedule: early stages are (mostly) the
+    diffusion loss, then the gap t - r shrinks stage by stage; optionally after EDM denoising
+    pre-training, as in the paper."""
+
+    pretrain_steps: int = 0
+    """EDM denoising pre-training steps before ECT (with their own warm-up and cosine decay); ECT then
+    tunes the pre-trained EMA for --steps steps. 0: ECT from scratch."""
 
     num_stages: int = 8
     """Stages over the run; the gap t - r halves from one to the next."""

@@ -27,9 +27,11 @@ from ..training import (
     cd,
     ContinuousConsistencyTrainer,
     ct,
+    diffusion_pretraining,
     ect,
     ExactVelocity,
     ict,
+    PretrainThenTune,
     staged_shared,
     StagedConsistencyTraining,
 )
@@ -219,6 +221,8 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
         return trainer, model, steps
     if method == "ect":
         c = cfg.ect
+        if c.pretrain_steps < 0:
+            raise ConfigError(f"--ect.pretrain-steps must be 0 (ECT from scratch) or positive, got {c.pretrain_steps}.")
         model = ConsistencyFunction(_network(cfg, problem, key), ve, scalings)
         trainer = ect(
             optimizer,
@@ -232,6 +236,9 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
             p_std=c.p_std,
             stage_offset=c.stage_offset,
         )
+        if c.pretrain_steps:
+            pretrain = diffusion_pretraining(_optimizer(cfg, c.pretrain_steps), ve)
+            return PretrainThenTune(pretrain, trainer, c.pretrain_steps), model, c.pretrain_steps + steps
         return trainer, model, steps
     li = li_schedule(cfg)
     if method == "staged-shared":
