@@ -127,6 +127,13 @@ def test_mismatched_states_and_bad_arguments_are_named():
     clipped = ect(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)), TUNE)
     with pytest.raises(ValueError, match="build both optimisers alike"):
         PretrainThenTune(pretrain, clipped, PRE).init(_model(), key=jr.key(1))
+    trig = ctjax.TrigFlow(0.5)
+    trig_model = ctjax.ConsistencyFunction(
+        ctjax.MLP(2, width=16, depth=1, embedding="sinusoidal", key=jr.key(0)), trig, ctjax.TrigFlowScalings(0.5)
+    )
+    flow_matching = ctjax.training.FlowMatchingTrainer(optax.adam(1e-3))
+    with pytest.raises(ValueError, match="adaptive weighting"):
+        PretrainThenTune(flow_matching, ctjax.training.sct(optax.adam(1e-3)), PRE).init(trig_model, key=jr.key(1))
     with pytest.raises(ValueError, match="`pretrain_steps` must be a non-negative integer, got -1"):
         PretrainThenTune(pretrain, tune, -1)
     with pytest.raises(TypeError, match="`tune` must be a ctjax trainer"):

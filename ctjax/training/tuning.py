@@ -97,7 +97,9 @@ class PretrainThenTune(AbstractTrainer):
             raise ValueError(
                 f"`pretrain` ({type(self.pretrain).__name__}) and `tune` ({type(self.tune).__name__}) keep training "
                 "states of different structures, so one run cannot switch between them: build both optimisers "
-                "alike (the same chain of transformations) and give both an EMA (`ema_rate`) or neither."
+                "alike (the same chain of transformations) and give both an EMA (`ema_rate`) or neither. A trainer "
+                "with state of its own (sCT/sCD's adaptive weighting) cannot be switched to: pre-train in a run of "
+                "its own and pass the result to its `init`."
             )
         return self.tune.init(model, key=key) if self.pretrain_steps == 0 else state
 
