@@ -7,6 +7,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._consistency import AbstractConsistencyModel
 from .._misc import is_concrete
+from .._nets.base import validate_int
 from .base import AbstractTrainer
 from .state import TrainState
 
@@ -40,12 +41,20 @@ def _cond(pred, true_fn, false_fn, tree):
         return run
 
     out = jax.lax.cond(pred, branch(true_fn), branch(false_fn), dynamic)
+    if not eqx.tree_equal(*out_static):
+        raise ValueError(f"the two branches return different static parts: {out_static[0]} and {out_static[1]}.")
     return eqx.combine(out, out_static[0])
 
 
 def _signature(tree):
     return jax.tree_util.tree_structure(tree), [
         (leaf.shape, leaf.dtype) for leaf in jax.tree_util.tree_leaves(tree) if hasattr(leaf, "shape")
+    ]
+
+
+def _differing_fields(a: TrainState, b: TrainState) -> list[str]:
+    return [
+        name for name in TrainState.__dataclass_fields__ if _signature(getattr(a, name)) != _signature(getattr(b, name))
     ]
 
 
@@ -81,27 +90,28 @@ class PretrainThenTune(AbstractTrainer):
         for name, trainer in (("pretrain", pretrain), ("tune", tune)):
             if not isinstance(trainer, AbstractTrainer):
                 raise TypeError(f"`{name}` must be a ctjax trainer, got {type(trainer).__name__}.")
-        if isinstance(pretrain_steps, bool) or int(pretrain_steps) != pretrain_steps or int(pretrain_steps) < 0:
-            raise ValueError(f"`pretrain_steps` must be a non-negative integer, got {pretrain_steps!r}.")
         self.pretrain = pretrain
         self.tune = tune
-        self.pretrain_steps = int(pretrain_steps)
+        self.pretrain_steps = validate_int(pretrain_steps, "pretrain_steps", minimum=0)
 
     def _handover(self, state: TrainState) -> TrainState:
         return _with_step(self.tune.init(self.pretrain.result(state), key=state.key), state.step)
 
     def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
+        if self.pretrain_steps == 0:
+            return self.tune.init(model, key=key)
         state = self.pretrain.init(model, key=key)
         tuned = eqx.filter_eval_shape(self._handover, state)
         if _signature(tuned) != _signature(state):
+            fields = ", ".join(f"`{name}`" for name in _differing_fields(tuned, state))
             raise ValueError(
                 f"`pretrain` ({type(self.pretrain).__name__}) and `tune` ({type(self.tune).__name__}) keep training "
-                "states of different structures, so one run cannot switch between them: build both optimisers "
+                f"states that differ in {fields}, so one run cannot switch between them: build both optimisers "
                 "alike (the same chain of transformations) and give both an EMA (`ema_rate`) or neither. A trainer "
                 "with state of its own (sCT/sCD's adaptive weighting) cannot be switched to: pre-train in a run of "
                 "its own and pass the result to its `init`."
             )
-        return self.tune.init(model, key=key) if self.pretrain_steps == 0 else state
+        return state
 
     def step(self, state: TrainState, batch: Array, *, key: PRNGKeyArray) -> tuple[TrainState, dict[str, Array]]:
         n = self.pretrain_steps
