@@ -81,6 +81,7 @@ def run_candidate(preset: str, label: str, args: list[str], workdir: pathlib.Pat
         "w1_2step": evaluation["w1_2step"],
         "ratio_1step": evaluation["w1_1step"] / floor,
         "ratio_2step": evaluation["w1_2step"] / floor,
+        "map_error": evaluation["map_error"],
     }
 
 

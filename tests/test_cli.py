@@ -188,7 +188,10 @@ def test_config_saved_with_architecture_auto_still_loads(preset, architecture):
         (["train", "--resume", "/nonexistent/run", *TINY], "not a run directory"),
         (["train", "--optim.lr", "-1", "--steps", "3", *TINY], "lr must be positive"),
         (["train", "--staged.num-stages", "4", "--method", "staged", *TINY], "c1 log"),
-        (["train", "--method", "ect", "--ect.pretrain-steps", "-1", *TINY], "--ect.pretrain-steps must be 0"),
+        (
+            ["train", "--method", "ect", "--ect.pretrain-steps", "-1", *TINY],
+            "--ect.pretrain-steps: `pretrain_steps` must be an integer >= 0",
+        ),
         (["eval", "/nonexistent/run"], "not a ctjax run directory"),
         (["frobnicate"], "frobnicate"),
     ],

@@ -110,7 +110,8 @@ class ECTConfig:
 
     pretrain_steps: int = 0
     """EDM denoising pre-training steps before ECT (with their own warm-up and cosine decay); ECT then
-    tunes the pre-trained EMA for --steps steps. 0: ECT from scratch."""
+    tunes the pre-training EMA (rate 0.999) for --steps steps.
+    0: ECT from scratch."""
 
     num_stages: int = 8
     """Stages over the run; the gap t - r halves from one to the next."""
