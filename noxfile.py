@@ -54,8 +54,9 @@ def bench(session: nox.Session) -> None:
     """Benchmarks (about 10 minutes on the 2-core machine): print tables and write benchmarks/results/*.json.
 
     `nox -s bench -- train_throughput` runs only the named scripts. The long quality and scaling
-    studies are manual: `python benchmarks/quality_gmm.py`, `python benchmarks/scaling.py` and
-    `python benchmarks/cli_defaults.py` (how the command line's defaults were chosen, about 30 minutes).
+    studies are manual: `python benchmarks/quality_gmm.py`, `python benchmarks/scaling.py`,
+    `python benchmarks/cli_defaults.py` (how the command line's defaults were chosen, about 30 minutes)
+    and `python benchmarks/xla_cpu_flags.py` (XLA's CPU flags on the training step, about 7 minutes).
     """
     session.install("-e", ".[bench]")
     for name in session.posargs or BENCHMARKS:

@@ -6,8 +6,8 @@ end of the EDM schedule for points of the 8-component 2-D mixture, at rtol = ato
 float64. SciPy's right-hand side is an independent NumPy implementation of the mixture posterior,
 and torchdiffeq's an independent batched PyTorch one, so the disagreements also cross-check the
 JAX code. torchdiffeq solves the whole batch as one ODE (one step size for all points, its usual
-use), with the max norm of the scaled error so that every point meets the tolerance as in the
-per-point solves. Prints a table and writes benchmarks/results/flow_throughput.json. Numbers are
+use), accepting a step when the RMS scaled error of every point is within tolerance, which is
+ctjax's per-point criterion. Prints a table and writes benchmarks/results/flow_throughput.json. Numbers are
 medians over repeats in one run.
 """
 
@@ -83,7 +83,9 @@ def torch_flow(x, lam0, lam1, weights, means, covs, rtol, atol):
 
     times = torch.tensor([lam0, lam1], dtype=torch.float64)
     y0 = torch.from_numpy(np.array(x, np.float64))
-    options = {"norm": lambda e: e.abs().max()}
+    # Diffrax's controller in flow_map takes the RMS of each point's scaled error; the batch's
+    # step is accepted when every point's RMS is within tolerance.
+    options = {"norm": lambda e: e.pow(2).mean(dim=-1).sqrt().max()}
     out = torchdiffeq.odeint(rhs, y0, times, rtol=rtol, atol=atol, method="dopri8", options=options)
     return out[-1].numpy(), calls[0]
 
@@ -143,6 +145,7 @@ def main():
         torch.set_num_threads(os.cpu_count() or 1)
         scale_in, scale_out = np.hypot(1.0, t_from), np.hypot(1.0, t_to)
         args_t = (lam0, lam1, weights, means, covs, args.tol, args.tol)
+        torch_flow(np.asarray(xs[:100]) / scale_in, *args_t)  # warm-up
         torch_times = []
         for _ in range(args.repeats):
             start = time.perf_counter()

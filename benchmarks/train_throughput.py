@@ -229,45 +229,59 @@ def call_and_wait(fn, *args):
     return jax.block_until_ready(fn(*args))
 
 
-def dense_product_ms(batch, width, repeats, seconds=0.05):
-    """Milliseconds of each library for the three batch x width x width products of a dense layer.
+@functools.cache
+def dense_product_ms(batch, width, repeats, seconds=0.1):
+    """Milliseconds of each library for the three batch x width x width products of a dense layer:
+    forward x W^T, input gradient dy W and weight gradient dy^T x.
 
-    Forward x W^T, input gradient dy W and weight gradient dy^T x, each on K separate pairs of
-    operands (so that nothing is hoisted, cached or merged): XLA as one jitted function returning
-    the K products, PyTorch as the same K eager `torch.nn.functional.linear` / `mm` calls its
-    autograd makes. The sides alternate within each repeat; medians, per product.
-    Returns {"ctjax": {"fwd", "dx", "dw"}, "torch": {...}}.
+    Each runs K times as a chain whose next operand is the last product, as products follow one
+    another in a network: h <- h Q^T and g <- g Q with Q orthogonal, and the Newton-Schulz step
+    u <- 1.5 u - 0.5 u (u^T u) (one `addmm` in PyTorch) from u of orthonormal columns or rows, which
+    keeps u; the weight-gradient time is the
+    last chain's time less the input-gradient time. XLA runs each chain as one compiled
+    `lax.scan` (as `fit` runs the step), PyTorch as an eager loop of the `linear` / `mm` calls its
+    autograd makes. The sides alternate within each repeat; medians per product. Measured once per
+    (batch, width) and shared by the rows of both dimensions. Returns
+    {"ctjax": {"fwd", "dx", "dw"}, "torch": {...}}.
     """
     import torch
 
-    k = int(min(max(round(seconds / (2 * batch * width * width / 2e11)), 4), 64))
-    keys = jr.split(jr.key(7), 3 * k)
-    xs = [jr.normal(key, (batch, width), jnp.float32) for key in keys[:k]]
-    dys = [jr.normal(key, (batch, width), jnp.float32) for key in keys[k : 2 * k]]
-    ws = [jr.normal(key, (width, width), jnp.float32) for key in keys[2 * k :]]
-    ours = {
-        "fwd": jax.jit(lambda xs, ws: [x @ w.T for x, w in zip(xs, ws)]),
-        "dx": jax.jit(lambda dys, ws: [dy @ w for dy, w in zip(dys, ws)]),
-        "dw": jax.jit(lambda dys, xs: [dy.T @ x for dy, x in zip(dys, xs)]),
+    k = int(min(max(round(seconds / (2 * batch * width * width / 2e11)), 8), 128))
+    q = jnp.linalg.qr(jr.normal(jr.key(7), (width, width), jnp.float32))[0]
+    # Orthonormal columns, or orthonormal rows when batch < width: either way u u^T u = u.
+    tall = jnp.linalg.qr(jr.normal(jr.key(8), (max(batch, width), min(batch, width)), jnp.float32))[0]
+    u = tall if batch >= width else tall.T
+    chains = {
+        "fwd": (lambda h: h @ q.T, lambda h, tq: torch.nn.functional.linear(h, tq), u),
+        "dx": (lambda g: g @ q, lambda g, tq: g.mm(tq), u),
+        "dw+dx": (
+            lambda u: 1.5 * u - 0.5 * (u @ (u.T @ u)),
+            lambda u, tq: torch.addmm(u, u, u.t().mm(u), beta=1.5, alpha=-0.5),
+            u,
+        ),
     }
-    operands = {"fwd": (xs, ws), "dx": (dys, ws), "dw": (dys, xs)}
-    as_torch = {id(a): torch.from_numpy(np.array(a)) for a in xs + dys + ws}
-    theirs = {
-        "fwd": lambda a, b: [torch.nn.functional.linear(x, w) for x, w in zip(a, b)],
-        "dx": lambda a, b: [dy.mm(w) for dy, w in zip(a, b)],
-        "dw": lambda a, b: [dy.t().mm(x) for dy, x in zip(a, b)],
-    }
-    result = {"ctjax": {}, "torch": {}}
-    for name, (a, b) in operands.items():
-        ta, tb = [as_torch[id(v)] for v in a], [as_torch[id(v)] for v in b]
-        run_ours = functools.partial(call_and_wait, ours[name], a, b)
-        run_theirs = functools.partial(theirs[name], ta, tb)
-        run_ours()
-        run_theirs()
+    tq = torch.from_numpy(np.array(q))
+    per_product = {"ctjax": {}, "torch": {}}
+    for name, (ours, theirs, start) in chains.items():
+        scan = jax.jit(lambda x, ours=ours: jax.lax.scan(lambda c, _: (ours(c), None), x, length=k)[0])
+
+        def torch_chain(x, theirs=theirs):
+            for _ in range(k):
+                x = theirs(x, tq)
+            return x
+
+        run_ours = functools.partial(call_and_wait, scan, start)
+        run_theirs = functools.partial(torch_chain, torch.from_numpy(np.array(start)))
+        # Orthogonal factors keep the norm, and u is a fixed point of its step: checked on both sides.
+        norm = float(jnp.linalg.norm(start))
+        assert abs(float(jnp.linalg.norm(run_ours())) / norm - 1) < 1e-3
+        assert abs(float(torch.linalg.norm(run_theirs())) / norm - 1) < 1e-3
         ctjax_times, torch_times = time_pair(run_ours, run_theirs, repeats)
-        result["ctjax"][name] = 1e3 * statistics.median(ctjax_times) / k
-        result["torch"][name] = 1e3 * statistics.median(torch_times) / k
-    return result
+        per_product["ctjax"][name] = 1e3 * statistics.median(ctjax_times) / k
+        per_product["torch"][name] = 1e3 * statistics.median(torch_times) / k
+    for side in per_product.values():
+        side["dw"] = side.pop("dw+dx") - side["dx"]
+    return per_product
 
 
 def time_pair(run_ctjax, run_torch, repeats):
@@ -313,7 +327,7 @@ def bench_one(width, depth, batch, dim, peak, args):
     ctjax_rate, torch_rate = k / statistics.median(ctjax_times), k / statistics.median(torch_times)
     # The step's width x width layers (the conditioning MLP's second layer and three per block),
     # each run forward twice (student, teacher) and backward once (input and weight gradients).
-    products = dense_product_ms(batch, width, args.repeats)
+    products = dense_product_ms(batch, width, 2 * args.repeats + 1)
     layers = 1 + 3 * depth
     dense = {side: layers * (2 * ms["fwd"] + ms["dx"] + ms["dw"]) for side, ms in products.items()}
     return {
