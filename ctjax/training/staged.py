@@ -12,7 +12,7 @@ from .._consistency import AbstractConsistencyModel, StagedConsistencyModel
 from .._consistency.function import apply_scalings
 from .._losses import AbstractDistance, SquaredL2
 from .base import AbstractTrainer
-from .state import gradient_step, partition_trainable, TrainState
+from .state import gradient_step, partition_trainable, TrainState, tree_select
 
 
 def _stage_pair(model: StagedConsistencyModel, batch: Array, key: PRNGKeyArray, k: Array):
@@ -110,10 +110,8 @@ class StagedConsistencyTraining(AbstractTrainer):
                 eqx.combine(current, eqx.filter(model.stage_net(k), eqx.is_inexact_array, inverse=True)),
             ),
         )
-        model = jtu.tree_map(lambda a, b: jnp.where(finished, a, b) if eqx.is_array(a) else a, written, model)
-        opt_state = jtu.tree_map(
-            lambda fresh, old: jnp.where(finished, fresh, old), self.optimizer.init(current), opt_state
-        )
+        model = tree_select(finished, written, model)
+        opt_state = tree_select(finished, self.optimizer.init(current), opt_state)
         extra = {
             "current": current,
             "stage": k + finished.astype(jnp.int32),
@@ -157,8 +155,7 @@ class StagedConsistencyTraining(AbstractTrainer):
         # After the last stage further steps change nothing.
         done = state.extra["stage"] >= state.model.num_stages
         stepped, metrics = self._sequential_step(state, batch, key)
-        keep = lambda new, old: jnp.where(done, old, new) if eqx.is_array(new) else new
-        new_state = jtu.tree_map(keep, stepped, state)
+        new_state = tree_select(done, state, stepped)
         new_state = eqx.tree_at(lambda s: s.step, new_state, state.step + 1)
         return new_state, metrics
 

@@ -52,6 +52,12 @@ def ema_update(average: PyTree, new: PyTree, decay: Array) -> PyTree:
     return jtu.tree_map(update, average, new)
 
 
+def tree_select(pred: Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """`jnp.where(pred, on_true, on_false)` leaf by leaf on the arrays of two pytrees of one
+    structure (a traced choice between two states); other leaves are taken from `on_true`."""
+    return jtu.tree_map(lambda a, b: jnp.where(pred, a, b) if eqx.is_array(a) else a, on_true, on_false)
+
+
 def gradient_step(
     optimizer: optax.GradientTransformation, params: PyTree, opt_state: PyTree, loss_fn, *args
 ) -> tuple[PyTree, PyTree, Array, Any, Array]:

@@ -9,7 +9,7 @@ from .._consistency import AbstractConsistencyModel
 from .._misc import is_concrete
 from .._nets.base import validate_int
 from .base import AbstractTrainer
-from .state import TrainState
+from .state import TrainState, tree_select
 
 
 def _with_step(state: TrainState, step) -> TrainState:
@@ -141,9 +141,4 @@ class PretrainThenTune(AbstractTrainer):
     def result(self, state: TrainState) -> AbstractConsistencyModel:
         if is_concrete(state.step):
             return (self.pretrain if int(state.step) < self.pretrain_steps else self.tune).result(state)
-        pretraining = state.step < self.pretrain_steps
-        return jax.tree_util.tree_map(
-            lambda a, b: jnp.where(pretraining, a, b) if eqx.is_array(a) else a,
-            self.pretrain.result(state),
-            self.tune.result(state),
-        )
+        return tree_select(state.step < self.pretrain_steps, self.pretrain.result(state), self.tune.result(state))
