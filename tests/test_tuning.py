@@ -12,7 +12,7 @@ import pytest
 import ctjax
 from ctjax.training import AbstractTrainer, DenoisingTrainer, ect, fit, PretrainThenTune
 
-from .helpers import CountingNet
+from .helpers import CountingNet, tree_allclose
 
 
 VE = ctjax.VarianceExploding(0.002, 80.0)
@@ -65,7 +65,7 @@ def test_is_pretraining_then_a_fresh_tuning_run():
         history.append(metrics)
 
     # By hand: pre-training, then ECT initialised from the pre-trained EMA, counting its own steps
-    # (each step compiled, as inside the composite, so that the two agree to the last bit).
+    # (each step compiled, as inside the composite).
     pretrain_step, tune_step = eqx.filter_jit(pretrain.step), eqx.filter_jit(tune.step)
     ref = pretrain.init(_model(), key=jr.key(1))
     for batch, key in batches[:PRE]:
@@ -77,12 +77,15 @@ def test_is_pretraining_then_a_fresh_tuning_run():
         tune_metrics.append(metrics)
 
     assert int(state.step) == PRE + TUNE and int(ref.step) == TUNE
-    assert bool(eqx.tree_equal(eqx.tree_at(lambda s: s.step, state, ref.step), ref))
+    # Bit-identical with XLA's settings of this test suite; 1e-10 leaves room for other compilers
+    # and platforms. A wrong hand-over (the raw model for the EMA, Adam's moments or learning-rate
+    # schedule carried over, ECT's stages not restarted) changes the parameters by 1e-4 or more.
+    assert bool(tree_allclose(eqx.tree_at(lambda s: s.step, state, ref.step), ref, rtol=1e-10, atol=1e-12))
     assert [int(m["phase"]) for m in history] == [0] * PRE + [1] * TUNE
     # ECT's stages count from the switch: 2 stages of 2 tuning steps.
     assert [int(m["stage"]) for m in history] == [0] * PRE + [0, 0, 1, 1]
     for ours, theirs in zip(history[PRE:], tune_metrics):
-        assert all(float(ours[k]) == float(theirs[k]) for k in theirs)
+        assert all(np.isclose(float(ours[k]), float(theirs[k]), rtol=1e-10, atol=1e-12) for k in theirs)
     # Metrics the pre-training phase does not have are zero there.
     assert all(float(m["mean_ratio"]) == 0.0 for m in history[:PRE])
 
@@ -154,3 +157,15 @@ def test_mismatched_states_and_bad_arguments_are_named():
         PretrainThenTune(pretrain, tune, -1)
     with pytest.raises(TypeError, match="`tune` must be a ctjax trainer"):
         PretrainThenTune(pretrain, optax.adam(1e-3), PRE)  # pyright: ignore[reportArgumentType]
+
+
+def test_branches_must_keep_the_same_static_leaves():
+    """The internal `lax.cond` keeps non-array leaves static, and refuses branches that disagree on
+    them (rather than silently keeping one branch's)."""
+    from ctjax.training.tuning import _cond
+
+    tree = {"x": jnp.zeros(2), "scale": 0.5}
+    out = _cond(jnp.asarray(True), lambda t: {**t, "x": t["x"] + 1}, lambda t: t, tree)
+    assert out["scale"] == 0.5 and isinstance(out["scale"], float) and np.array_equal(out["x"], [1.0, 1.0])
+    with pytest.raises(ValueError, match="different static parts"):
+        _cond(jnp.asarray(True), lambda t: {**t, "scale": 0.25}, lambda t: t, tree)

@@ -53,8 +53,9 @@ def ema_update(average: PyTree, new: PyTree, decay: Array) -> PyTree:
 
 
 def tree_select(pred: Array, on_true: PyTree, on_false: PyTree) -> PyTree:
-    """`jnp.where(pred, on_true, on_false)` leaf by leaf on the arrays of two pytrees of one
-    structure (a traced choice between two states); other leaves are taken from `on_true`."""
+    """`jnp.where(pred, on_true, on_false)` leaf by leaf on two pytrees of one structure (a traced
+    choice between two states), at the leaves where `on_true` holds an array; elsewhere (static
+    leaves, which the two share) `on_true`'s leaf."""
     return jtu.tree_map(lambda a, b: jnp.where(pred, a, b) if eqx.is_array(a) else a, on_true, on_false)
 
 
