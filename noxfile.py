@@ -56,7 +56,7 @@ def bench(session: nox.Session) -> None:
     `nox -s bench -- train_throughput` runs only the named scripts. The long quality and scaling
     studies are manual: `python benchmarks/quality_gmm.py`, `python benchmarks/scaling.py`,
     `python benchmarks/cli_defaults.py` (how the command line's defaults were chosen, about 30 minutes)
-    and `python benchmarks/xla_cpu_flags.py` (XLA's CPU flags on the training step, about 7 minutes).
+    and `python benchmarks/xla_cpu_flags.py` (XLA's CPU flags on the training step, about 5 minutes).
     """
     session.install("-e", ".[bench]")
     for name in session.posargs or BENCHMARKS:

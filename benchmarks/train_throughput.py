@@ -17,7 +17,7 @@ Both sides train the same consistency function on the same data in float32:
 Timing is steady state: after compilation and warm-up, the median over repeats of K steps, run as
 users run them (ctjax: one `ctjax.training.fit` call with `chunk_size=K`, i.e. one compiled
 `lax.scan` of K steps; PyTorch: a Python loop of K eager steps). The two sides alternate within
-each repeat so that they see the same machine load. Both use the same number of threads: XLA's
+each repeat, each going first in every other repeat, so that they see the same machine load. Both use the same number of threads: XLA's
 CPU thread pool uses every visible core, so PyTorch gets `torch.set_num_threads(os.cpu_count())`
 (and one inter-op thread).
 
@@ -225,76 +225,111 @@ def peak_matmul_flops(n=4096, repeats=7):
     return [(flops / statistics.median(t), flops / min(t)) for t in (jax_times, torch_times)]
 
 
+def optimiser_ms(model, steps=50, repeats=5):
+    """{"params", "ms_per_step"}: the CT step's update alone on `model`'s parameters (Adam, the
+    teacher EMA and the evaluation EMA, in a compiled `lax.scan` of `steps`): memory-bound work of
+    every training step, on both sides, that no faster product removes."""
+    import equinox as eqx
+
+    from ctjax.training.state import ema_update
+
+    params = eqx.filter(model, eqx.is_inexact_array)
+    adam = optax.adam(LR)
+
+    def body(carry, _):
+        params, opt_state, teacher, average = carry
+        grads = jax.tree_util.tree_map(lambda p: 1e-3 * p, params)
+        updates, opt_state = adam.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state, ema_update(teacher, params, MU0), ema_update(average, params, EMA_RATE)), None
+
+    run = jax.jit(lambda carry: jax.lax.scan(body, carry, None, length=steps)[0])
+    carry = (params, adam.init(params), params, params)
+    jax.block_until_ready(run(carry))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run(carry))
+        times.append(time.perf_counter() - start)
+    count = sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+    return {"params": count, "ms_per_step": 1e3 * statistics.median(times) / steps}
+
+
 def call_and_wait(fn, *args):
     return jax.block_until_ready(fn(*args))
 
 
-@functools.cache
-def dense_product_ms(batch, width, repeats, seconds=0.1):
+def dense_product_ms(batch, width, repeats, layers=13, seconds=0.1):
     """Milliseconds of each library for the three batch x width x width products of a dense layer:
     forward x W^T, input gradient dy W and weight gradient dy^T x.
 
-    Each runs K times as a chain whose next operand is the last product, as products follow one
-    another in a network: h <- h Q^T and g <- g Q with Q orthogonal, and the Newton-Schulz step
-    u <- 1.5 u - 0.5 u (u^T u) (one `addmm` in PyTorch) from u of orthonormal columns or rows, which
-    keeps u; the weight-gradient time is the
-    last chain's time less the input-gradient time. XLA runs each chain as one compiled
-    `lax.scan` (as `fit` runs the step), PyTorch as an eager loop of the `linear` / `mm` calls its
-    autograd makes. The sides alternate within each repeat; medians per product. Measured once per
-    (batch, width) and shared by the rows of both dimensions. Returns
-    {"ctjax": {"fwd", "dx", "dw"}, "torch": {...}}.
+    Each runs as a chain whose next operand is the last product, as products follow one another in
+    a network, through `layers` distinct weights per pass (as many as the step's dense layers, so
+    that loop overhead is shared as in a step): h <- h Q_l^T and g <- g Q_l with Q_l orthogonal, and
+    the Newton-Schulz step u <- 1.5 u - 0.5 u (u^T u) (one `addmm` in PyTorch) from u of
+    orthonormal columns or rows, which keeps u. The weight-gradient time is that last chain's
+    time less the input-gradient time (a difference of two medians: noisy for small products).
+    XLA runs each chain as one compiled `lax.scan` over passes (as `fit` runs the step), PyTorch as
+    an eager loop of the `linear` / `mm` calls its autograd makes. The sides alternate, each going
+    first in every other repeat; medians per product. Measured in every row, right after its step
+    timings, so that both see the same machine load. Returns {"ctjax": {"fwd", "dx", "dw", "dw+dx"}, "torch": ...}.
     """
     import torch
 
-    k = int(min(max(round(seconds / (2 * batch * width * width / 2e11)), 8), 128))
-    q = jnp.linalg.qr(jr.normal(jr.key(7), (width, width), jnp.float32))[0]
+    passes = int(min(max(round(seconds / (layers * 2 * batch * width * width / 2e11)), 2), 64))
+    qs = jnp.linalg.qr(jr.normal(jr.key(7), (layers, width, width), jnp.float32))[0]
     # Orthonormal columns, or orthonormal rows when batch < width: either way u u^T u = u.
     tall = jnp.linalg.qr(jr.normal(jr.key(8), (max(batch, width), min(batch, width)), jnp.float32))[0]
     u = tall if batch >= width else tall.T
     chains = {
-        "fwd": (lambda h: h @ q.T, lambda h, tq: torch.nn.functional.linear(h, tq), u),
-        "dx": (lambda g: g @ q, lambda g, tq: g.mm(tq), u),
+        "fwd": (lambda h, q: h @ q.T, lambda h, tq: torch.nn.functional.linear(h, tq)),
+        "dx": (lambda g, q: g @ q, lambda g, tq: g.mm(tq)),
         "dw+dx": (
-            lambda u: 1.5 * u - 0.5 * (u @ (u.T @ u)),
+            lambda u, q: 1.5 * u - 0.5 * (u @ (u.T @ u)),
             lambda u, tq: torch.addmm(u, u, u.t().mm(u), beta=1.5, alpha=-0.5),
-            u,
         ),
     }
-    tq = torch.from_numpy(np.array(q))
+    tqs = [torch.from_numpy(np.array(q)) for q in qs]
     per_product = {"ctjax": {}, "torch": {}}
-    for name, (ours, theirs, start) in chains.items():
-        scan = jax.jit(lambda x, ours=ours: jax.lax.scan(lambda c, _: (ours(c), None), x, length=k)[0])
+    for name, (ours, theirs) in chains.items():
 
-        def torch_chain(x, theirs=theirs):
-            for _ in range(k):
-                x = theirs(x, tq)
+        def one_pass(x, ours=ours):
+            for layer in range(layers):
+                x = ours(x, qs[layer])
             return x
 
-        run_ours = functools.partial(call_and_wait, scan, start)
-        run_theirs = functools.partial(torch_chain, torch.from_numpy(np.array(start)))
+        scan = jax.jit(lambda x, one_pass=one_pass: jax.lax.scan(lambda c, _: (one_pass(c), None), x, length=passes)[0])
+
+        def torch_chain(x, theirs=theirs):
+            for _ in range(passes):
+                for tq in tqs:
+                    x = theirs(x, tq)
+            return x
+
+        run_ours = functools.partial(call_and_wait, scan, u)
+        run_theirs = functools.partial(torch_chain, torch.from_numpy(np.array(u)))
         # Orthogonal factors keep the norm, and u is a fixed point of its step: checked on both sides.
-        norm = float(jnp.linalg.norm(start))
+        norm = float(jnp.linalg.norm(u))
         assert abs(float(jnp.linalg.norm(run_ours())) / norm - 1) < 1e-3
         assert abs(float(torch.linalg.norm(run_theirs())) / norm - 1) < 1e-3
         ctjax_times, torch_times = time_pair(run_ours, run_theirs, repeats)
-        per_product["ctjax"][name] = 1e3 * statistics.median(ctjax_times) / k
-        per_product["torch"][name] = 1e3 * statistics.median(torch_times) / k
+        per_product["ctjax"][name] = 1e3 * statistics.median(ctjax_times) / (passes * layers)
+        per_product["torch"][name] = 1e3 * statistics.median(torch_times) / (passes * layers)
     for side in per_product.values():
-        side["dw"] = side.pop("dw+dx") - side["dx"]
+        side["dw"] = side["dw+dx"] - side["dx"]
     return per_product
 
 
 def time_pair(run_ctjax, run_torch, repeats):
-    """Seconds of each side, alternating within every repeat: (ctjax times, torch times)."""
-    ctjax_times, torch_times = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_ctjax()
-        ctjax_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        run_torch()
-        torch_times.append(time.perf_counter() - start)
-    return ctjax_times, torch_times
+    """Seconds of each side, alternating within every repeat and each side first in every other
+    repeat: (ctjax times, torch times)."""
+    times = {run_ctjax: [], run_torch: []}
+    for i in range(repeats):
+        for run in (run_ctjax, run_torch) if i % 2 == 0 else (run_torch, run_ctjax):
+            start = time.perf_counter()
+            run()
+            times[run].append(time.perf_counter() - start)
+    return times[run_ctjax], times[run_torch]
 
 
 def bench_one(width, depth, batch, dim, peak, args):
@@ -329,7 +364,8 @@ def bench_one(width, depth, batch, dim, peak, args):
     # each run forward twice (student, teacher) and backward once (input and weight gradients).
     products = dense_product_ms(batch, width, 2 * args.repeats + 1)
     layers = 1 + 3 * depth
-    dense = {side: layers * (2 * ms["fwd"] + ms["dx"] + ms["dw"]) for side, ms in products.items()}
+    dense = {side: layers * (2 * ms["fwd"] + ms["dw+dx"]) for side, ms in products.items()}
+    update = optimiser_ms(model)["ms_per_step"]
     return {
         "width": width,
         "depth": depth,
@@ -349,9 +385,11 @@ def bench_one(width, depth, batch, dim, peak, args):
         "ctjax_dense_ms_per_step": dense["ctjax"],
         "torch_dense_ms_per_step": dense["torch"],
         "dense_only_ratio": dense["torch"] / dense["ctjax"],
-        # PyTorch's whole step against ctjax's width x width products alone: the ratio ctjax would
-        # reach if everything else in its step (and its products' fusions) cost nothing.
-        "ratio_ceiling": 1e3 / torch_rate / dense["ctjax"],
+        # PyTorch's whole step against ctjax's width x width products and optimiser update alone:
+        # the ratio ctjax would reach if everything else in its step cost nothing.
+        "ctjax_update_ms_per_step": update,
+        "ratio_ceiling": 1e3 / torch_rate / (dense["ctjax"] + update),
+        "ratio_ceiling_products_only": 1e3 / torch_rate / dense["ctjax"],
         "ctjax_dense_share_of_step": dense["ctjax"] * ctjax_rate / 1e3,
         "torch_dense_share_of_step": dense["torch"] * torch_rate / 1e3,
         "dense_product_ms": products,

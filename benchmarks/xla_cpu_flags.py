@@ -9,7 +9,7 @@
 - Adam with both EMAs (teacher and evaluation) alone, in a `lax.scan`, on the parameters of the
   width-512 network.
 
-    python benchmarks/xla_cpu_flags.py     (about 6 minutes on 2 cores)
+    python benchmarks/xla_cpu_flags.py     (about 5 minutes on 2 cores)
 
 Prints tables and writes benchmarks/results/xla_cpu_flags.json.
 """
@@ -109,28 +109,13 @@ def cond_against_scan(width, batch, dim, k=40, repeats=5):
     return {name: 1e3 * statistics.median(t) / k for name, t in times.items()}
 
 
-def optimiser_ms(width=512, k=50):
-    """Milliseconds per step of Adam's update and both EMA updates alone on the network's parameters."""
-    import jax
-    import optax
+def optimiser_ms(width=512):
+    """Adam with both EMA updates alone on the parameters of the width-`width` network."""
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from train_throughput import ctjax_setup, optimiser_ms as measure
 
-    from ctjax.training.state import ema_update, partition_trainable
-
-    _, state, _ = _setup(width, 256, 2)
-    params, _ = partition_trainable(state.model)
-    adam = optax.adam(1e-4)
-
-    def body(carry, _):
-        params, opt_state, teacher, average = carry
-        grads = jax.tree_util.tree_map(lambda p: 1e-3 * p, params)
-        updates, opt_state = adam.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, opt_state, ema_update(teacher, params, 0.9), ema_update(average, params, 0.999)), None
-
-    run = jax.jit(lambda carry: jax.lax.scan(body, carry, None, length=k)[0])
-    carry = (params, adam.init(params), params, params)
-    count = sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
-    return {"params": count, "ms_per_step": 1e3 * _median_seconds(lambda: run(carry)) / k}
+    _, model = ctjax_setup(2, width, 4)
+    return measure(model)
 
 
 def child(mode):
