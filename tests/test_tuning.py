@@ -169,3 +169,19 @@ def test_branches_must_keep_the_same_static_leaves():
     assert out["scale"] == 0.5 and isinstance(out["scale"], float) and np.array_equal(out["x"], [1.0, 1.0])
     with pytest.raises(ValueError, match="different static parts"):
         _cond(jnp.asarray(True), lambda t: {**t, "scale": 0.25}, lambda t: t, tree)
+
+
+def test_later_fit_calls_reuse_the_compiled_chunk():
+    """A model's constants (the schedule's Python floats) come out of `fit` as they went in, before
+    and after the switch, so the next call of the same shape does not recompile."""
+    counter = []
+    pretrain, tune = _trainers()
+    trainer = PretrainThenTune(pretrain, tune, PRE)
+    model = _model(CountingNet(ctjax.MLP(2, width=16, depth=1, key=jr.key(0)), counter))
+    state = trainer.init(model, key=jr.key(1))
+    traces = []
+    for _ in range(3):  # steps 0-1 (pre-training), 2-3 (the switch at 3), 4-5 (tuning)
+        state, _ = fit(trainer, state, GAUSS, num_steps=2, batch_size=32, chunk_size=2, progress=False)
+        traces.append(len(counter))
+        assert isinstance(state.model.schedule.sigma_min, float) and isinstance(state.ema.schedule.sigma_min, float)
+    assert traces[0] > 0 and traces[1] == traces[0] and traces[2] == traces[0]

@@ -1,5 +1,7 @@
 """Two trainers in one run: pre-train with one, then tune its result with the other."""
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ from .._consistency import AbstractConsistencyModel
 from .._misc import is_concrete
 from .._nets.base import validate_int
 from .base import AbstractTrainer
-from .state import TrainState, tree_select
+from .state import partition_trainable, TrainState, tree_select
 
 
 def _with_step(state: TrainState, step) -> TrainState:
@@ -17,24 +19,14 @@ def _with_step(state: TrainState, step) -> TrainState:
 
 
 def _cond(pred, true_fn, false_fn, tree):
-    """`lax.cond` that passes a leaf through as it is (a schedule's Python float, say) when neither
-    branch makes it an array; a leaf that one branch returns as an array (a traced copy of the
-    float) is an array from both."""
+    """`lax.cond` on the arrays of `tree` only: its other leaves (a schedule's Python floats, say)
+    stay as they are, and both branches must return the same ones."""
     dynamic, static = eqx.partition(tree, eqx.is_array)
-
-    def call(fn, dynamic):
-        return fn(eqx.combine(dynamic, static))
-
-    shapes = [eqx.filter_eval_shape(call, fn, dynamic) for fn in (true_fn, false_fn)]
-    is_dynamic = jax.tree_util.tree_map(
-        lambda a, b: isinstance(a, jax.ShapeDtypeStruct) or isinstance(b, jax.ShapeDtypeStruct), *shapes
-    )
     out_static = []
 
     def branch(fn):
         def run(dynamic):
-            out = jax.tree_util.tree_map(lambda x, d: jnp.asarray(x) if d else x, call(fn, dynamic), is_dynamic)
-            out_dynamic, static_part = eqx.partition(out, is_dynamic)
+            out_dynamic, static_part = eqx.partition(fn(eqx.combine(dynamic, static)), eqx.is_array)
             out_static.append(static_part)
             return out_dynamic
 
@@ -44,6 +36,13 @@ def _cond(pred, true_fn, false_fn, tree):
     if not eqx.tree_equal(*out_static):
         raise ValueError(f"the two branches return different static parts: {out_static[0]} and {out_static[1]}.")
     return eqx.combine(out, out_static[0])
+
+
+def _trainable_from(new_model, old_model):
+    """`new_model`'s trainable arrays with everything else of `old_model` (None: `new_model`)."""
+    if old_model is None:
+        return new_model
+    return eqx.combine(partition_trainable(new_model)[0], partition_trainable(old_model)[1])
 
 
 def _signature(tree):
@@ -95,7 +94,16 @@ class PretrainThenTune(AbstractTrainer):
         self.pretrain_steps = validate_int(pretrain_steps, "pretrain_steps", minimum=0)
 
     def _handover(self, state: TrainState) -> TrainState:
-        return _with_step(self.tune.init(self.pretrain.result(state), key=state.key), state.step)
+        tuned = self.tune.init(self.pretrain.result(state), key=state.key)
+        # The models' constants (a schedule's floats) stay the incoming state's own objects, which
+        # `lax.cond` and `fit`'s scan then pass through unchanged: with the pre-training EMA's
+        # copies instead they would come out of `fit` as arrays, and the next call would recompile.
+        tuned = dataclasses.replace(
+            tuned,
+            model=_trainable_from(tuned.model, state.model),
+            ema=_trainable_from(tuned.ema, state.ema) if tuned.ema is not None else None,
+        )
+        return _with_step(tuned, state.step)
 
     def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
         if self.pretrain_steps == 0:
