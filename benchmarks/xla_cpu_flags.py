@@ -25,6 +25,7 @@ import time
 
 
 RESULTS = pathlib.Path(__file__).parent / "results"
+sys.path.insert(0, str(pathlib.Path(__file__).parent))  # train_throughput's setup and timings
 SIZES = [(256, 256, 2), (512, 512, 64), (256, 2048, 2), (512, 2048, 64)]
 FLAG_SETS = [
     "",
@@ -52,8 +53,6 @@ def _median_seconds(fn, repeats=5):
 
 def _setup(width, batch, dim):
     import jax.random as jr
-
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from train_throughput import ctjax_setup
 
     trainer, model = ctjax_setup(dim, width, 4)
@@ -111,7 +110,6 @@ def cond_against_scan(width, batch, dim, k=40, repeats=5):
 
 def optimiser_ms(width=512):
     """Adam with both EMA updates alone on the parameters of the width-`width` network."""
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from train_throughput import ctjax_setup, optimiser_ms as measure
 
     _, model = ctjax_setup(2, width, 4)
