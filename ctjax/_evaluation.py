@@ -40,9 +40,9 @@ def map_error(
     atol: float = 1e-6,
     key: PRNGKeyArray,
 ) -> np.ndarray:
-    """RMS distance between the learned $f(t, x)$ and the exact $\\Phi_{t \\to t_{min}}(x)$,
-    $\\sqrt{E\\|f(t, X_t) - \\Phi_{t \\to t_{min}}(X_t)\\|^2}$ with $X_t$ drawn from the true marginal
-    at $t$ ($\\alpha x_0 + \\sigma z$), for each `t` in `times`. The exact map is the Gaussian closed
+    r"""RMS distance between the learned $f(t, x)$ and the exact $\Phi_{t \to t_{min}}(x)$,
+    $\sqrt{E\|f(t, X_t) - \Phi_{t \to t_{min}}(X_t)\|^2}$ with $X_t$ drawn from the true marginal
+    at $t$ ($\alpha x_0 + \sigma z$), for each `t` in `times`. The exact map is the Gaussian closed
     form or a Diffrax solve at tolerances `rtol`, `atol`.
 
     **Returns:** a NumPy array with one RMS error per time.

@@ -25,24 +25,24 @@ def _safe_norm(r: Array) -> Array:
 
 
 class SquaredL2(AbstractDistance):
-    """$d(r) = \\|r\\|_2^2$ (the objective of Li, Huang and Wei and of Song et al.'s CT)."""
+    r"""$d(r) = \|r\|_2^2$ (the objective of Li, Huang and Wei and of Song et al.'s CT)."""
 
     def __call__(self, residual: ArrayLike) -> Array:
         return jnp.sum(jnp.asarray(residual) ** 2)
 
 
 class L2(AbstractDistance):
-    """$d(r) = \\|r\\|_2$ (ECT's default, pseudo-Huber with $c = 0$)."""
+    r"""$d(r) = \|r\|_2$ (ECT's default, pseudo-Huber with $c = 0$)."""
 
     def __call__(self, residual: ArrayLike) -> Array:
         return _safe_norm(jnp.asarray(residual))
 
 
 class PseudoHuber(AbstractDistance):
-    """iCT's pseudo-Huber metric on the vector norm, $d(r) = \\sqrt{\\|r\\|_2^2 + c^2} - c$.
+    r"""iCT's pseudo-Huber metric on the vector norm, $d(r) = \sqrt{\|r\|_2^2 + c^2} - c$.
 
-    It is rotation invariant, $\\approx \\|r\\|^2/(2c)$ for small residuals and $\\approx \\|r\\|$ for
-    large ones. `c=None` uses iCT's $c = 0.00054 \\sqrt{d}$ for data dimension $d$.
+    It is rotation invariant, $\approx \|r\|^2/(2c)$ for small residuals and $\approx \|r\|$ for
+    large ones. `c=None` uses iCT's $c = 0.00054 \sqrt{d}$ for data dimension $d$.
     """
 
     c: float | None = None
@@ -59,7 +59,7 @@ class PseudoHuber(AbstractDistance):
 
 
 class AbstractWeighting(eqx.Module):
-    """$\\lambda$ of an interval between noise levels $n_{lo} < n_{hi}$."""
+    r"""$\lambda$ of an interval between noise levels $n_{lo} < n_{hi}$."""
 
     @abc.abstractmethod
     def __call__(self, noise_lo: ArrayLike, noise_hi: ArrayLike) -> Array:
@@ -67,14 +67,14 @@ class AbstractWeighting(eqx.Module):
 
 
 class UniformWeighting(AbstractWeighting):
-    """$\\lambda \\equiv 1$ (Song et al.'s CT and CD)."""
+    r"""$\lambda \equiv 1$ (Song et al.'s CT and CD)."""
 
     def __call__(self, noise_lo: ArrayLike, noise_hi: ArrayLike) -> Array:
         return jnp.ones_like(jnp.asarray(noise_hi))
 
 
 class InverseDeltaWeighting(AbstractWeighting):
-    """$\\lambda = 1 / (n_{hi} - n_{lo})$ (iCT; ECT's $1/(t - r)$)."""
+    r"""$\lambda = 1 / (n_{hi} - n_{lo})$ (iCT; ECT's $1/(t - r)$)."""
 
     def __call__(self, noise_lo: ArrayLike, noise_hi: ArrayLike) -> Array:
         return 1.0 / (jnp.asarray(noise_hi) - jnp.asarray(noise_lo))

@@ -55,17 +55,17 @@ def sample(
     dtype=None,
     key: PRNGKeyArray,
 ) -> Float[Array, "num dim"]:
-    """Draw `num` samples with one step or several (Song et al.'s Algorithm 1, seed 003's sequence).
+    r"""Draw `num` samples with one step or several (Song et al.'s Algorithm 1, seed 003's sequence).
 
-    Start from $x = \\sigma(\\tau_0) z$ and set $x \\leftarrow f(\\tau_0, x)$; then for each further time
-    $\\tau$: $x \\leftarrow f(\\tau,\\ \\tfrac{\\alpha(\\tau)}{\\alpha_{min}} x + \\sqrt{\\sigma(\\tau)^2 - (\\alpha(\\tau)\\sigma_{min}/\\alpha_{min})^2}\\, z)$,
-    which puts $x$ back on the marginal at $\\tau$ if $f$ is exact.
+    Start from $x = \sigma(\tau_0) z$ and set $x \leftarrow f(\tau_0, x)$; then for each further time
+    $\tau$: $x \leftarrow f(\tau,\ \tfrac{\alpha(\tau)}{\alpha_{min}} x + \sqrt{\sigma(\tau)^2 - (\alpha(\tau)\sigma_{min}/\alpha_{min})^2}\, z)$,
+    which puts $x$ back on the marginal at $\tau$ if $f$ is exact.
 
     **Arguments:**
 
     - `model`: a consistency model (learned, staged or exact).
     - `num`: number of samples.
-    - `times`: strictly decreasing times $\\tau_0 > \\tau_1 > \\dots$ in $(t_{min}, t_{max}]$; default
+    - `times`: strictly decreasing times $\tau_0 > \tau_1 > \dots$ in $(t_{min}, t_{max}]$; default
       `(t_max,)`, one step.
     - `dtype`: floating dtype of the samples (default: JAX's default float).
     - `key`: PRNG key.

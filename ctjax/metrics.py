@@ -62,9 +62,9 @@ def _cloud(x, name: str) -> jax.Array:
 
 
 def _one_dim_w1(px: jax.Array, py: jax.Array) -> jax.Array:
-    """Exact $W_1$ between the empirical measures of the columns of `px` (n, P) and `py` (m, P), by
-    $\\int_0^1 |F^{-1}(u) - G^{-1}(u)| du$ with both quantile functions constant between the merged
-    breakpoints $\\{i/n\\} \\cup \\{j/m\\}$."""
+    r"""Exact $W_1$ between the empirical measures of the columns of `px` (n, P) and `py` (m, P), by
+    $\int_0^1 |F^{-1}(u) - G^{-1}(u)| du$ with both quantile functions constant between the merged
+    breakpoints $\{i/n\} \cup \{j/m\}$."""
     n, m = px.shape[0], py.shape[0]
     px, py = jnp.sort(px, axis=0), jnp.sort(py, axis=0)
     if n == m:
@@ -81,12 +81,12 @@ def _one_dim_w1(px: jax.Array, py: jax.Array) -> jax.Array:
 def sliced_wasserstein1(
     x: ArrayLike, y: ArrayLike, *, num_projections: int = 256, key: PRNGKeyArray
 ) -> Float[Array, ""]:
-    """Monte Carlo sliced $W_1$ between the empirical measures of two point clouds:
-    $\\frac1P \\sum_{j=1}^P W_1(\\theta_j \\# \\mu, \\theta_j \\# \\nu)$ over $P$ random unit directions $\\theta_j$.
+    r"""Monte Carlo sliced $W_1$ between the empirical measures of two point clouds:
+    $\frac1P \sum_{j=1}^P W_1(\theta_j \# \mu, \theta_j \# \nu)$ over $P$ random unit directions $\theta_j$.
 
     Each one-dimensional $W_1$ is exact (sort and compare when the clouds have the same size, otherwise
     compare the two quantile functions on their merged breakpoints). Projections are 1-Lipschitz, so every
-    term, and hence the estimate for every draw of directions, is a lower bound on $W_1(\\mu, \\nu)$.
+    term, and hence the estimate for every draw of directions, is a lower bound on $W_1(\mu, \nu)$.
 
     **Arguments:**
 
@@ -94,7 +94,7 @@ def sliced_wasserstein1(
     - `num_projections`: $P$, the number of directions (static under jit).
     - `key`: the PRNG key for the directions.
 
-    Pure JAX and jit-able; cost $O(P (n \\log n + m \\log m + (n + m) d))$.
+    Pure JAX and jit-able; cost $O(P (n \log n + m \log m + (n + m) d))$.
     """
     x = _cloud(x, "x")
     y = _cloud(y, "y")
@@ -120,13 +120,13 @@ def _psd_sqrt(cov, xp):
 
 
 def gaussian_w2(mean1: ArrayLike, cov1: ArrayLike, mean2: ArrayLike, cov2: ArrayLike) -> float | Array:
-    """$W_2$ between $N(m_1, S_1)$ and $N(m_2, S_2)$ by the Bures formula,
+    r"""$W_2$ between $N(m_1, S_1)$ and $N(m_2, S_2)$ by the Bures formula,
 
-    $W_2^2 = \\|m_1 - m_2\\|^2 + \\mathrm{tr}\\big(S_1 + S_2 - 2 (S_1^{1/2} S_2 S_1^{1/2})^{1/2}\\big)$,
+    $W_2^2 = \|m_1 - m_2\|^2 + \mathrm{tr}\big(S_1 + S_2 - 2 (S_1^{1/2} S_2 S_1^{1/2})^{1/2}\big)$,
 
     with symmetric PSD square roots from `eigh`. Host-side NumPy float64 (returning a float) unless an
     argument is a JAX array, in which case it is pure JAX (jit-able, returning an array). The trace
-    difference cancels for nearby covariances: absolute accuracy about $\\sqrt{\\epsilon\\,\\mathrm{tr} S}$.
+    difference cancels for nearby covariances: absolute accuracy about $\sqrt{\epsilon\,\mathrm{tr} S}$.
 
     **Arguments:**
 

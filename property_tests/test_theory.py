@@ -66,7 +66,7 @@ def _scale_at(schedule, t: float) -> float:
 
 @jax.jit
 def _flows(target, schedule, xs, t_from, t_to):
-    """Diffrax $\\Phi_{t_{from} \\to t_{to}}(x)$ and its Jacobian (`jax.jacfwd`) for a batch of two points."""
+    r"""Diffrax $\Phi_{t_{from} \to t_{to}}(x)$ and its Jacobian (`jax.jacfwd`) for a batch of two points."""
 
     def one(x, t, u):
         def fn(y):
@@ -81,7 +81,7 @@ def _flows(target, schedule, xs, t_from, t_to):
 
 @jax.jit
 def _gaussian_closed_forms(target, schedule, x, y, t, u):
-    """The closed-form consistency function along $\\Phi_{t \\to u}$ (closed form) and at a given point $y$ at
+    r"""The closed-form consistency function along $\Phi_{t \to u}$ (closed form) and at a given point $y$ at
     time $u$, at the start $(t, x)$, the Jacobian of `gaussian_flow_map` from t to u, and the coefficients."""
     f = ctjax.ExactConsistencyFunction(target, schedule)
 
@@ -98,7 +98,7 @@ def _gaussian_closed_forms(target, schedule, x, y, t, u):
 
 @given(target=gaussians(), schedule=schedules(), z=vectors(bound=2.5), f_t=ends_or_interior, f_u=ends_or_interior)
 def test_exact_consistency_function_is_constant_along_gaussian_trajectories(target, schedule, z, f_t, f_u):
-    """`ExactConsistencyFunction` (closed form) takes one value along a trajectory: at $(u, \\Phi_{t \\to u}(x))$
+    r"""`ExactConsistencyFunction` (closed form) takes one value along a trajectory: at $(u, \Phi_{t \to u}(x))$
     with the closed-form flow to 1e-10, and with the Diffrax flow to the solver's 1e-7; either direction in
     time, ends included."""
     t, u = time_at(schedule, f_t), time_at(schedule, f_u)
@@ -118,9 +118,9 @@ def test_exact_consistency_function_is_constant_along_gaussian_trajectories(targ
 
 @given(target=mixtures(), schedule=schedules(), z=vectors(bound=2.0), f_t=interior_fractions, f_u=interior_fractions)
 def test_exact_consistency_function_is_constant_along_mixture_trajectories(target, schedule, z, f_t, f_u):
-    """For a Gaussian mixture the exact consistency function is the Diffrax flow to `t_min` (what
-    `ExactConsistencyFunction` evaluates for non-Gaussian targets): $f^\\star(u, \\Phi_{t \\to u}(x)) = f^\\star(t, x)$
-    and, differentiating, $\\partial_x f^\\star(u, \\cdot)\\,\\partial_x\\Phi_{t \\to u} = \\partial_x f^\\star(t, \\cdot)$."""
+    r"""For a Gaussian mixture the exact consistency function is the Diffrax flow to `t_min` (what
+    `ExactConsistencyFunction` evaluates for non-Gaussian targets): $f^\star(u, \Phi_{t \to u}(x)) = f^\star(t, x)$
+    and, differentiating, $\partial_x f^\star(u, \cdot)\,\partial_x\Phi_{t \to u} = \partial_x f^\star(t, \cdot)$."""
     t, u, t_min = time_at(schedule, f_t), time_at(schedule, f_u), float(schedule.t_min)
     x = jnp.asarray(z) * _scale_at(schedule, t)
     vals, jacs = _flows(target, schedule, jnp.stack([x, x]), jnp.array([t, t]), jnp.array([u, t_min]))
@@ -142,9 +142,9 @@ def test_exact_consistency_function_is_constant_along_mixture_trajectories(targe
 
 
 def _coupled_loss(mean, cov, a_prev, s_prev, a, s, teacher, candidate) -> float:
-    """$E\\|G X_k + h - (A X'_{k-1} + c)\\|^2$ in closed form. With $X_k = a X_0 + s Z$ and
+    r"""$E\|G X_k + h - (A X'_{k-1} + c)\|^2$ in closed form. With $X_k = a X_0 + s Z$ and
     $X'_{k-1} = a' X_0 + s' Z$ (the same $X_0, Z$) the residual is $P X_0 + Q Z + (h - c)$ with
-    $P = aG - a'A$, $Q = sG - s'A$: mean $P\\mu + h - c$, covariance $P\\Sigma P^\\top + QQ^\\top$."""
+    $P = aG - a'A$, $Q = sG - s'A$: mean $P\mu + h - c$, covariance $P\Sigma P^\top + QQ^\top$."""
     (A, c), (G, h) = teacher, candidate
     P, Q = a * G - a_prev * A, s * G - s_prev * A
     m = P @ mean + h - c
@@ -152,7 +152,7 @@ def _coupled_loss(mean, cov, a_prev, s_prev, a, s, teacher, candidate) -> float:
 
 
 def _mean_square(mean, cov, a, s, G, h) -> float:
-    """$E\\|G X_k + h\\|^2$ for $X_k \\sim N(a\\mu, a^2\\Sigma + s^2 I)$."""
+    r"""$E\|G X_k + h\|^2$ for $X_k \sim N(a\mu, a^2\Sigma + s^2 I)$."""
     m = G @ (a * mean) + h
     return float(m @ m + np.trace(G @ marginal_cov(cov, a, s) @ G.T))
 
@@ -173,11 +173,11 @@ def _posterior_covariance(target, a, s):
     size=st.sampled_from([0.0, 1e-4, 1.0, 10.0]),
 )
 def test_pythagoras_for_the_coupled_stage_loss(target, grid, stage, A, c, E, e, size):
-    """For an affine teacher $f_{k-1}(y) = Ay + c$ and an affine candidate $f(x) = Gx + h$:
-    $\\mathrm{loss}(f) - L^\\star_k = E\\|f(X_k) - f^\\star_k(X_k)\\|^2$ (to 1e-9 of the loss), with
-    $f^\\star_k = A(M_k x + m_k) + c$ from the oracle's `stage_minimiser` and every expectation in closed form;
-    $L^\\star_k = b_k^2\\,\\mathrm{tr}(A\\,\\mathrm{Cov}(X_0|X_k)A^\\top)$ with the target's `posterior_covariance`; and
-    along the oracle's own chain, $L^\\star_k$ equals its `loss_floors` and $f^\\star_k$ its `stage_map(k)`."""
+    r"""For an affine teacher $f_{k-1}(y) = Ay + c$ and an affine candidate $f(x) = Gx + h$:
+    $\mathrm{loss}(f) - L^\star_k = E\|f(X_k) - f^\star_k(X_k)\|^2$ (to 1e-9 of the loss), with
+    $f^\star_k = A(M_k x + m_k) + c$ from the oracle's `stage_minimiser` and every expectation in closed form;
+    $L^\star_k = b_k^2\,\mathrm{tr}(A\,\mathrm{Cov}(X_0|X_k)A^\top)$ with the target's `posterior_covariance`; and
+    along the oracle's own chain, $L^\star_k$ equals its `loss_floors` and $f^\star_k$ its `stage_map(k)`."""
     mean, cov = gaussian_parts(target)
     k = min(stage, grid.num_stages)
     a_prev, s_prev, a, s = grid.alphas[k - 2], grid.sigmas[k - 2], grid.alphas[k - 1], grid.sigmas[k - 1]
@@ -204,8 +204,8 @@ def test_pythagoras_for_the_coupled_stage_loss(target, grid, stage, A, c, E, e, 
 
 
 class _TwoStageAffine(ctjax.AbstractConsistencyModel):
-    """$f(t, x) = Gx + h$ at the later stage time and $Ay + c$ at the earlier one: a candidate and its
-    teacher in one model, so that the trainer's coupled loss with `teacher=None` is $\\mathrm{loss}(f)$."""
+    r"""$f(t, x) = Gx + h$ at the later stage time and $Ay + c$ at the earlier one: a candidate and its
+    teacher in one model, so that the trainer's coupled loss with `teacher=None` is $\mathrm{loss}(f)$."""
 
     schedule: ctjax.AbstractSchedule
     t_hi: Array
@@ -265,8 +265,8 @@ def test_coupled_loss_closed_form_matches_the_trainer_by_monte_carlo():
 
 
 def _full_matrix_chain(target, grid):
-    """$f^\\star_1 = \\mathrm{id}$, $f^\\star_k = f^\\star_{k-1} \\circ \\mathrm{DDIM}_k$ (theory.md 7.6) in full
-    matrices, with the loss floors $L^\\star_k = b_k^2\\,\\mathrm{tr}(A_{k-1}\\mathrm{Cov}(X_0|X_k)A_{k-1}^\\top)$."""
+    r"""$f^\star_1 = \mathrm{id}$, $f^\star_k = f^\star_{k-1} \circ \mathrm{DDIM}_k$ (theory.md 7.6) in full
+    matrices, with the loss floors $L^\star_k = b_k^2\,\mathrm{tr}(A_{k-1}\mathrm{Cov}(X_0|X_k)A_{k-1}^\top)$."""
     mean, cov = gaussian_parts(target)
     a, s = grid.alphas, grid.sigmas
     maps, floors = [(np.eye(DIM), np.zeros(DIM))], [0.0]
@@ -281,7 +281,7 @@ def _full_matrix_chain(target, grid):
 
 @given(target=gaussians(), grid=stage_grids())
 def test_mean_preservation_gaussian(target, grid):
-    """$E f^\\star_k(X_k) = E X_1 = a_1\\mu$ at every stage (full-matrix chain; and the oracle's
+    r"""$E f^\star_k(X_k) = E X_1 = a_1\mu$ at every stage (full-matrix chain; and the oracle's
     `stage_map` and `mean_error`), to 1e-11 of the scale."""
     mean, _ = gaussian_parts(target)
     oracle = th.staged_ct_gaussian(target, grid.alphas, grid.sigmas)
@@ -304,22 +304,22 @@ DIRAC_DRAWS = 2**12  # antithetic pairs per atom
 
 @eqx.filter_jit
 def _dirac_stages(oracle, xs_last, xs_prev):
-    """$f^\\star_T$ at `xs_last` and $f^\\star_{T-1}$ at `xs_prev` (the exact recursion, unrolled)."""
+    r"""$f^\star_T$ at `xs_last` and $f^\star_{T-1}$ at `xs_prev` (the exact recursion, unrolled)."""
     last, prev = oracle.stage(oracle.num_stages), oracle.stage(oracle.num_stages - 1)
     return jax.lax.map(last, xs_last, batch_size=4096), jax.lax.map(prev, xs_prev, batch_size=4096)
 
 
 @given(target=empiricals(), grid=stage_grids(DIRAC_STAGES, DIRAC_STAGES), seed=st.integers(0, 2**31 - 1))
 def test_mean_preservation_and_variance_loss_identity_dirac(target, grid, seed):
-    """For a 6-atom empirical target and the exact recursion (`dirac_staged_ct`, 4 stages), with
-    $B = f^\\star_T(X_T)$ and $A = f^\\star_{T-1}(X'_{T-1})$ on the same $(X_0, Z)$ (exact over the atoms,
+    r"""For a 6-atom empirical target and the exact recursion (`dirac_staged_ct`, 4 stages), with
+    $B = f^\star_T(X_T)$ and $A = f^\star_{T-1}(X'_{T-1})$ on the same $(X_0, Z)$ (exact over the atoms,
     antithetic Monte Carlo over the noise), within 5 standard errors:
 
     - mean preservation (theory.md 8.5): $E B = a_1 E X_0$;
     - the variance-loss identity and under-dispersion for non-Gaussian data (8.6), in matrix form:
-      $\\mathrm{Cov}(A) - \\mathrm{Cov}(B) = E[(A - B)(A - B)^\\top] \\succeq 0$, whose trace is
-      $\\mathrm{tr}\\,\\mathrm{Cov}(f^\\star_{T-1}(X_{T-1})) - \\mathrm{tr}\\,\\mathrm{Cov}(f^\\star_T(X_T)) = L^\\star_T$
-      (it holds because $f^\\star_T(x) = E[A \\mid X_T = x]$)."""
+      $\mathrm{Cov}(A) - \mathrm{Cov}(B) = E[(A - B)(A - B)^\top] \succeq 0$, whose trace is
+      $\mathrm{tr}\,\mathrm{Cov}(f^\star_{T-1}(X_{T-1})) - \mathrm{tr}\,\mathrm{Cov}(f^\star_T(X_T)) = L^\star_T$
+      (it holds because $f^\star_T(x) = E[A \mid X_T = x]$)."""
     oracle = th.dirac_staged_ct(target, grid.alphas, grid.sigmas)
     pts = np.asarray(target.points, np.float64)
     z = np.asarray(jr.normal(jr.key(seed), (DIRAC_DRAWS, DIM), jnp.float64))
@@ -351,10 +351,10 @@ def test_mean_preservation_and_variance_loss_identity_dirac(target, grid, seed):
 
 @given(target=gaussians(), grid=stage_grids())
 def test_variance_loss_identity_and_under_dispersion(target, grid):
-    """Per stage (law of total variance), $\\mathrm{tr}\\,\\mathrm{Cov}(f^\\star_{k-1}(X_{k-1})) - \\mathrm{tr}\\,\\mathrm{Cov}(f^\\star_k(X_k))
-    = L^\\star_k$ and $\\mathrm{Cov}(f^\\star_k(X_k)) \\preceq \\mathrm{Cov}(f^\\star_{k-1}(X_{k-1}))$ (eigenvalues of the
-    difference $\\ge -10^{-12}$ of the trace); summed, $\\mathrm{tr}\\,\\mathrm{Cov}(X_1) - \\mathrm{tr}\\,\\mathrm{Cov}(f^\\star_T(X_T))
-    = \\sum_k L^\\star_k$. Full matrices, and the oracle's `variance_trace` and `loss_floors` agree."""
+    r"""Per stage (law of total variance), $\mathrm{tr}\,\mathrm{Cov}(f^\star_{k-1}(X_{k-1})) - \mathrm{tr}\,\mathrm{Cov}(f^\star_k(X_k))
+    = L^\star_k$ and $\mathrm{Cov}(f^\star_k(X_k)) \preceq \mathrm{Cov}(f^\star_{k-1}(X_{k-1}))$ (eigenvalues of the
+    difference $\ge -10^{-12}$ of the trace); summed, $\mathrm{tr}\,\mathrm{Cov}(X_1) - \mathrm{tr}\,\mathrm{Cov}(f^\star_T(X_T))
+    = \sum_k L^\star_k$. Full matrices, and the oracle's `variance_trace` and `loss_floors` agree."""
     _, cov = gaussian_parts(target)
     a, s = grid.alphas, grid.sigmas
     oracle = th.staged_ct_gaussian(target, a, s)
@@ -387,10 +387,10 @@ def test_variance_loss_identity_and_under_dispersion(target, grid):
     insert=st.one_of(st.none(), st.tuples(st.integers(0, BASE_STAGES - 1), st.floats(0.25, 4.0))),
 )
 def test_ddim_factor_is_at_most_the_exact_factor(grid, lam, insert):
-    """Per stage and direction, $\\rho^{ex\\,2} - \\rho^{DDIM\\,2} = \\lambda_i (a_{k-1}s_k - a_k s_{k-1})^2/(a_k^2\\lambda_i + s_k^2)^2$
-    (Cauchy-Schwarz made exact), so DDIM <= exact with equality iff $\\lambda_i (a_{k-1}s_k - a_k s_{k-1})^2 = 0$;
-    the equality cases are drawn on purpose ($\\lambda_i = 0$; a stage at the same noise level,
-    $(a_{k-1}, s_{k-1}) \\propto (a_k, s_k)$)."""
+    r"""Per stage and direction, $\rho^{ex\,2} - \rho^{DDIM\,2} = \lambda_i (a_{k-1}s_k - a_k s_{k-1})^2/(a_k^2\lambda_i + s_k^2)^2$
+    (Cauchy-Schwarz made exact), so DDIM <= exact with equality iff $\lambda_i (a_{k-1}s_k - a_k s_{k-1})^2 = 0$;
+    the equality cases are drawn on purpose ($\lambda_i = 0$; a stage at the same noise level,
+    $(a_{k-1}, s_{k-1}) \propto (a_k, s_k)$)."""
     lam = np.asarray(lam)
     a, s = grid.alphas, grid.sigmas
     if insert is not None:
@@ -424,17 +424,17 @@ def test_ddim_factor_is_at_most_the_exact_factor(grid, lam, insert):
     directions=st.lists(st.floats(0.0, 2 * math.pi), min_size=3, max_size=3),
 )
 def test_recursive_error_bound(target, grid, perturbations, size, directions):
-    """A staged run $f_1 = \\mathrm{id}$, $f_k = f^\\star_k + e_k$ with $f^\\star_k = f_{k-1} \\circ \\mathrm{DDIM}_k$ (given
-    the learned $f_{k-1}$) and $e_k$ a random affine perturbation. With $\\xi_k = f_k - \\Phi_{t_k \\to t_1}$ and
-    $\\delta_k = \\Phi_{k-1} \\circ \\mathrm{DDIM}_k - \\Phi_{k-1} \\circ \\varphi_k$ (affine for Gaussian data):
+    r"""A staged run $f_1 = \mathrm{id}$, $f_k = f^\star_k + e_k$ with $f^\star_k = f_{k-1} \circ \mathrm{DDIM}_k$ (given
+    the learned $f_{k-1}$) and $e_k$ a random affine perturbation. With $\xi_k = f_k - \Phi_{t_k \to t_1}$ and
+    $\delta_k = \Phi_{k-1} \circ \mathrm{DDIM}_k - \Phi_{k-1} \circ \varphi_k$ (affine for Gaussian data):
 
-    - the exact recursion $\\xi_k = e_k + \\xi_{k-1} \\circ \\mathrm{DDIM}_k + \\delta_k$ (coefficients, 1e-10);
-    - $E\\|\\xi_k\\| \\le E\\|\\xi_{k-1}\\| + E\\|e_k\\| + E\\|\\delta_k\\|$ at every stage, hence
-      $E\\|\\xi_T(X_T)\\| \\le \\sum_k E\\|e_k(X_k)\\| + \\sum_k E\\|\\delta_k(X_k)\\|$, with every expectation by
+    - the exact recursion $\xi_k = e_k + \xi_{k-1} \circ \mathrm{DDIM}_k + \delta_k$ (coefficients, 1e-10);
+    - $E\|\xi_k\| \le E\|\xi_{k-1}\| + E\|e_k\| + E\|\delta_k\|$ at every stage, hence
+      $E\|\xi_T(X_T)\| \le \sum_k E\|e_k(X_k)\| + \sum_k E\|\delta_k(X_k)\|$, with every expectation by
       quadrature (1e-11): the inequalities are checked to 1e-8 relative, no Monte Carlo slack;
-    - $E\\|\\xi_T\\|$ bounds $W_1(f_T(X_T), X_1)$ from above, so it must exceed the lower bounds
-      $\\|E f_T(X_T) - E X_1\\|$ and the exact $W_1$ of 1-D projections; and
-      $W_2$ (Bures) $\\le (E\\|\\xi_T\\|^2)^{1/2}$.
+    - $E\|\xi_T\|$ bounds $W_1(f_T(X_T), X_1)$ from above, so it must exceed the lower bounds
+      $\|E f_T(X_T) - E X_1\|$ and the exact $W_1$ of 1-D projections; and
+      $W_2$ (Bures) $\le (E\|\xi_T\|^2)^{1/2}$.
     """
     mean, cov = gaussian_parts(target)
     a, s = grid.alphas, grid.sigmas
@@ -496,10 +496,10 @@ HALVING_BOUND = 0.7  # measured W2(2T)/W2(T) in [0.51, 0.64]; log(2T)/(2 log T) 
 
 @given(target=gaussians(), c0=st.floats(1.0, 3.0), gap=st.floats(2.0, 8.0))
 def test_rate_on_the_li_schedule(target, c0, gap):
-    """$W_2(f^\\star_T(X_T), X_1)$ on `DiscreteVP.li_huang_wei(T, c0, c1)` decreases over T = 64..2048
-    (doubling), by a factor $\\le 0.7$ per doubling, and $T W_2/(\\sqrt d\\,c_1 \\log T) \\in [0.01, 0.5]$: the
-    error is $\\Theta(\\sqrt d \\log T / T)$ with a constant linear in $c_1$ (so $T W_2/(\\sqrt d \\log T) \\le 5.5$
-    for $c_1 \\le 11$). theory.md's d = 4 constants (1.02-1.05) are not asserted: for $N(0, I_4)$, $c_0, c_1 = 2, 4$,
+    r"""$W_2(f^\star_T(X_T), X_1)$ on `DiscreteVP.li_huang_wei(T, c0, c1)` decreases over T = 64..2048
+    (doubling), by a factor $\le 0.7$ per doubling, and $T W_2/(\sqrt d\,c_1 \log T) \in [0.01, 0.5]$: the
+    error is $\Theta(\sqrt d \log T / T)$ with a constant linear in $c_1$ (so $T W_2/(\sqrt d \log T) \le 5.5$
+    for $c_1 \le 11$). theory.md's d = 4 constants (1.02-1.05) are not asserted: for $N(0, I_4)$, $c_0, c_1 = 2, 4$,
     the oracle gives 1.20-1.23. The oracle's W2 is checked against the Bures formula on its affine map."""
     c1 = c0 + gap
     assert c1 * math.log(RATE_STEPS[0]) / RATE_STEPS[0] < 1
@@ -534,9 +534,9 @@ def test_rate_on_the_li_schedule(target, c0, gap):
     fracs=st.lists(ends_or_interior, min_size=2, max_size=2),
 )
 def test_flow_jacobian_norm_is_the_largest_gaussian_factor(target, schedule, z, w, fracs):
-    """For $k < t$, the Jacobian of $\\Phi_{t \\to k}$ is $U \\mathrm{diag}(\\rho_i) U^\\top$ with
-    $\\rho_i = \\sqrt{(a_k^2\\lambda_i + s_k^2)/(a_t^2\\lambda_i + s_t^2)}$, the same at every point, so its spectral
-    norm, the Lipschitz constant, is $\\max_i \\rho_i$: for `gaussian_flow_map` (jax.jacfwd, to 1e-12) and for
+    r"""For $k < t$, the Jacobian of $\Phi_{t \to k}$ is $U \mathrm{diag}(\rho_i) U^\top$ with
+    $\rho_i = \sqrt{(a_k^2\lambda_i + s_k^2)/(a_t^2\lambda_i + s_t^2)}$, the same at every point, so its spectral
+    norm, the Lipschitz constant, is $\max_i \rho_i$: for `gaussian_flow_map` (jax.jacfwd, to 1e-12) and for
     the Diffrax `flow_map` (jax.jacfwd through the solver, at two points, to 1e-6)."""
     f_k, f_t = sorted(fracs)
     t, k = time_at(schedule, f_t), time_at(schedule, f_k)
@@ -578,7 +578,7 @@ ICT_SCHEDULE = ctjax.VarianceExploding(0.002, 80.0)
 
 
 class _AffineToTheta(ctjax.AbstractConsistencyModel):
-    """iCT's toy model $f_\\theta(x, \\sigma) = \\frac{\\sigma_{min}}{\\sigma} x + (1 - \\frac{\\sigma_{min}}{\\sigma})\\theta$ (VE time)."""
+    r"""iCT's toy model $f_\theta(x, \sigma) = \frac{\sigma_{min}}{\sigma} x + (1 - \frac{\sigma_{min}}{\sigma})\theta$ (VE time)."""
 
     schedule: ctjax.VarianceExploding
     theta: Array
@@ -605,7 +605,7 @@ _ICT_TRAINER = ctjax.training.ConsistencyTrainer(
 
 @eqx.filter_jit
 def _ict_losses(student, teacher, points, key):
-    """The CT loss with data $\\delta_\\xi$ for each row $\\xi$ of `points`, with the same key (common
+    r"""The CT loss with data $\delta_\xi$ for each row $\xi$ of `points`, with the same key (common
     random numbers: the same sampled intervals)."""
     return jax.vmap(
         lambda xi: _ICT_TRAINER.loss(
@@ -615,8 +615,8 @@ def _ict_losses(student, teacher, points, key):
 
 
 def _ict_per_interval(theta, theta_minus, xi, levels):
-    """The loss of each interval $i$ exactly (the noise cancels): residual
-    $(1 - \\sigma_{min}/\\sigma_{i+1})(\\theta - \\xi) - (1 - \\sigma_{min}/\\sigma_i)(\\theta^- - \\xi)$."""
+    r"""The loss of each interval $i$ exactly (the noise cancels): residual
+    $(1 - \sigma_{min}/\sigma_{i+1})(\theta - \xi) - (1 - \sigma_{min}/\sigma_i)(\theta^- - \xi)$."""
     u = 1 - levels[0] / levels
     res = u[1:, None] * (theta - xi)[None, :] - u[:-1, None] * (theta_minus - xi)[None, :]
     return np.sum(res**2, axis=1)
@@ -630,16 +630,16 @@ def _ict_per_interval(theta, theta_minus, xi, levels):
     seed=st.integers(0, 2**31 - 1),
 )
 def test_ict_proposition_1(theta, shift, xi1, xi2, seed):
-    """With $p_{data} = \\delta_\\xi$, iCT's toy model and $\\theta^- \\neq \\theta$ ($\\|\\theta - \\theta^-\\| \\ge 0.3$), the CT
+    r"""With $p_{data} = \delta_\xi$, iCT's toy model and $\theta^- \neq \theta$ ($\|\theta - \theta^-\| \ge 0.3$), the CT
     loss (squared L2, uniform intervals of the N = 10^4 Karras grid of VE(0.002, 80)) is
-    $E_i[(1 - \\sigma_{min}/\\sigma_i)^2]\\,\\|\\theta - \\theta^-\\|^2$ whatever $\\xi$:
+    $E_i[(1 - \sigma_{min}/\sigma_i)^2]\,\|\theta - \theta^-\|^2$ whatever $\xi$:
 
     - `ConsistencyTrainer.loss` matches the exact finite-N expectation (the noise cancels; only the interval
-      is random) within 5 standard errors, for two data points $\\xi$;
+      is random) within 5 standard errors, for two data points $\xi$;
     - with common random numbers the two losses differ by at most 5 standard errors of the paired
       difference plus its exact mean, and that exact mean is below 1% of the loss (the data is invisible);
-    - the exact finite-N loss is within 1% of Proposition 1's $\\xi$-free formula, and within
-      $O(1/N)$ of its $N \\to \\infty$ limit $\\|\\theta - \\theta^-\\|^2 \\int_0^1 (1 - \\sigma_{min}/\\sigma(u))^2 du$."""
+    - the exact finite-N loss is within 1% of Proposition 1's $\xi$-free formula, and within
+      $O(1/N)$ of its $N \to \infty$ limit $\|\theta - \theta^-\|^2 \int_0^1 (1 - \sigma_{min}/\sigma(u))^2 du$."""
     theta, shift = np.asarray(theta), np.asarray(shift)
     norm = np.linalg.norm(shift)
     shift = shift / norm * max(norm, 0.3) if norm > 0 else np.array([0.3, 0.0])
@@ -699,12 +699,12 @@ LIP_ITERATIONS = 20
     seed=st.integers(0, 2**31 - 1),
 )
 def test_lipschitz_estimators_agree_with_the_gaussian_formula(target, schedule, f_from, f_to, points, seed):
-    """`gaussian_flow_map_lipschitz(t, u)` is $\\max_i \\rho_i(t \\to u)$ (1e-12, either direction), and the
+    r"""`gaussian_flow_map_lipschitz(t, u)` is $\max_i \rho_i(t \to u)$ (1e-12, either direction), and the
     power-iteration `jacobian_spectral_norms` / `lipschitz_estimate` of `gaussian_flow_map` (affine: the same
-    Jacobian everywhere, singular values $\\rho_1 \\ge \\rho_2$) lie in $[\\rho_2, \\rho_1]$, and after $m = 20$
+    Jacobian everywhere, singular values $\rho_1 \ge \rho_2$) lie in $[\rho_2, \rho_1]$, and after $m = 20$
     iterations the best of 5 random starts is within the power-iteration rate,
-    $\\rho_1^2 - \\hat\\rho^2 \\le (\\rho_1^2 - \\rho_2^2)\\min(1, 10^4 (\\rho_2/\\rho_1)^{4m})$ (the factor $10^4$ allows
-    $\\tan^2$ of the best start's angle up to $10^4$: probability about $10^{-11}$ of failing)."""
+    $\rho_1^2 - \hat\rho^2 \le (\rho_1^2 - \rho_2^2)\min(1, 10^4 (\rho_2/\rho_1)^{4m})$ (the factor $10^4$ allows
+    $\tan^2$ of the best start's angle up to $10^4$: probability about $10^{-11}$ of failing)."""
     t, u = time_at(schedule, f_from), time_at(schedule, f_to)
     lam = np.asarray(target.eigvals)
     (a_t, s_t), (a_u, s_u) = ((float(schedule.alpha(v)), float(schedule.sigma(v))) for v in (t, u))
@@ -729,7 +729,7 @@ DECOMP_STAGES = 6
 
 
 def _affine_staged_run(cov, mean, a, s, perturbations, size):
-    """$f_1 = \\mathrm{id}$, $f_k = f_{k-1} \\circ \\mathrm{DDIM}_k + (E_k x + e_k)$: the maps $(G_k, h_k)$, $k = 1..T$."""
+    r"""$f_1 = \mathrm{id}$, $f_k = f_{k-1} \circ \mathrm{DDIM}_k + (E_k x + e_k)$: the maps $(G_k, h_k)$, $k = 1..T$."""
     maps = [(np.eye(DIM), np.zeros(DIM))]
     for k in range(2, a.shape[0] + 1):
         M, m = ddim_affine(cov, mean, a[k - 2], s[k - 2], a[k - 1], s[k - 1])
@@ -783,13 +783,13 @@ def _error_terms(model, target, stage, x, key):
     seed=st.integers(0, 2**31 - 1),
 )
 def test_error_decomposition_matches_the_exact_affine_terms(target, grid, perturbations, size, stage, z, seed):
-    """For Gaussian data and affine stage functions (a `StagedConsistencyModel` of affine networks built to equal
+    r"""For Gaussian data and affine stage functions (a `StagedConsistencyModel` of affine networks built to equal
     the perturbed run of property 6, stage 1 at `t_min`):
 
-    - `stage_error_terms` at a random point equals the exact $f_k$, $f^\\star_k = f_{k-1}\\circ\\mathrm{DDIM}_k$,
-      $\\mathrm{DDIM}_k$, $\\Phi_k$, $\\delta_k$ and $\\xi_k$ (full-matrix NumPy) to 1e-9: its control variates make
+    - `stage_error_terms` at a random point equals the exact $f_k$, $f^\star_k = f_{k-1}\circ\mathrm{DDIM}_k$,
+      $\mathrm{DDIM}_k$, $\Phi_k$, $\delta_k$ and $\xi_k$ (full-matrix NumPy) to 1e-9: its control variates make
       the posterior averages exact for affine maps, whatever the draws;
-    - `staged_error_decomposition`'s $e_k$, $d_k$, $E\\|\\xi_k\\|$ (Monte Carlo over 256 points of $X_k$) agree with
+    - `staged_error_decomposition`'s $e_k$, $d_k$, $E\|\xi_k\|$ (Monte Carlo over 256 points of $X_k$) agree with
       the quadrature values within 5 of its own standard errors, and its `check()` of the chain passes."""
     schedule = _array_leaves(grid.schedule)
     times, a, s = grid.times.copy(), grid.alphas.copy(), grid.sigmas.copy()
@@ -852,7 +852,7 @@ def test_error_decomposition_matches_the_exact_affine_terms(target, grid, pertur
     z=vectors(bound=50.0),
 )
 def test_first_stage_is_the_identity(target, grid, weights, biases, z):
-    """$f_1 = \\mathrm{id}$ bit for bit: a `StagedConsistencyModel` with arbitrary stage parameters (stage 1 at
+    r"""$f_1 = \mathrm{id}$ bit for bit: a `StagedConsistencyModel` with arbitrary stage parameters (stage 1 at
     `t_min`), through `stage(0, .)` and through `__call__` at `t_min`; and the exact oracles' first stage
     (`staged_ct_gaussian`: factor 1, offset 0, loss floor 0; `dirac_staged_ct`)."""
     schedule = grid.schedule

@@ -86,12 +86,12 @@ def gaussian_parts(target: ctjax.Gaussian) -> tuple[np.ndarray, np.ndarray]:
 
 
 def marginal_cov(cov: np.ndarray, a: float, s: float) -> np.ndarray:
-    """$C = a^2\\Sigma + s^2 I$, the covariance of $a X_0 + s Z$."""
+    r"""$C = a^2\Sigma + s^2 I$, the covariance of $a X_0 + s Z$."""
     return a**2 * cov + s**2 * np.eye(cov.shape[0])
 
 
 def flow_affine(cov, mean, a_from, s_from, a_to, s_to) -> tuple[np.ndarray, np.ndarray]:
-    """The Gaussian flow map $\\Phi(x) = J x + c$ (theory.md 7.3), $J = C_{to}^{1/2} C_{from}^{-1/2}$."""
+    r"""The Gaussian flow map $\Phi(x) = J x + c$ (theory.md 7.3), $J = C_{to}^{1/2} C_{from}^{-1/2}$."""
     lam, vecs = np.linalg.eigh(cov)
     rho = np.sqrt((a_to**2 * lam + s_to**2) / (a_from**2 * lam + s_from**2))
     J = (vecs * rho[None, :]) @ vecs.T
@@ -99,23 +99,23 @@ def flow_affine(cov, mean, a_from, s_from, a_to, s_to) -> tuple[np.ndarray, np.n
 
 
 def ddim_affine(cov, mean, a_prev, s_prev, a, s) -> tuple[np.ndarray, np.ndarray]:
-    """One exact-denoiser DDIM step $x \\mapsto r x + b D(x)$ from stage k (a, s) to k-1 (a_prev, s_prev),
-    with $D(x) = \\mu + a\\Sigma C^{-1}(x - a\\mu)$: $E[X'_{k-1} | X_k = x]$ (theory.md 1.4, 7.6)."""
+    r"""One exact-denoiser DDIM step $x \mapsto r x + b D(x)$ from stage k (a, s) to k-1 (a_prev, s_prev),
+    with $D(x) = \mu + a\Sigma C^{-1}(x - a\mu)$: $E[X'_{k-1} | X_k = x]$ (theory.md 1.4, 7.6)."""
     r, b = s_prev / s, a_prev - a * s_prev / s
     gain = a * np.linalg.solve(marginal_cov(cov, a, s), cov).T  # a Sigma C^{-1} (symmetric factors commute)
     return r * np.eye(cov.shape[0]) + b * gain, b * (mean - gain @ (a * mean))
 
 
 def posterior_cov(cov, a, s) -> np.ndarray:
-    """$\\mathrm{Cov}(X_0 | a X_0 + s Z) = \\Sigma - a^2 \\Sigma C^{-1} \\Sigma$."""
+    r"""$\mathrm{Cov}(X_0 | a X_0 + s Z) = \Sigma - a^2 \Sigma C^{-1} \Sigma$."""
     return cov - a**2 * cov @ np.linalg.solve(marginal_cov(cov, a, s), cov)
 
 
 def expected_norm(mean: np.ndarray, cov: np.ndarray) -> float:
-    """$E\\|Y\\|$ for $Y \\sim N(m, V)$ ($V$ PSD), to about 1e-11 relative, by one quadrature:
+    r"""$E\|Y\|$ for $Y \sim N(m, V)$ ($V$ PSD), to about 1e-11 relative, by one quadrature:
 
-    $\\|y\\| = \\pi^{-1/2}\\int_0^\\infty (1 - e^{-w^2\\|y\\|^2}) w^{-2}\\,dw$ and the Laplace transform
-    $E e^{-u\\|Y\\|^2} = \\det(I + 2uV)^{-1/2}\\exp(-u\\, m^\\top (I + 2uV)^{-1} m)$.
+    $\|y\| = \pi^{-1/2}\int_0^\infty (1 - e^{-w^2\|y\|^2}) w^{-2}\,dw$ and the Laplace transform
+    $E e^{-u\|Y\|^2} = \det(I + 2uV)^{-1/2}\exp(-u\, m^\top (I + 2uV)^{-1} m)$.
     """
     cov = 0.5 * (cov + cov.T)
     scale = math.sqrt(float(mean @ mean + np.trace(cov)))
@@ -136,8 +136,8 @@ def expected_norm(mean: np.ndarray, cov: np.ndarray) -> float:
 
 
 def gaussian_w1_1d(m1: float, s1: float, m2: float, s2: float) -> float:
-    """$W_1(N(m_1, s_1^2), N(m_2, s_2^2))$ (theory.md 7.5): the monotone coupling moves by $\\delta + \\sigma Z$,
-    $\\delta = m_1 - m_2$, $\\sigma = |s_1 - s_2|$, so $W_1 = E|\\delta + \\sigma Z|$."""
+    r"""$W_1(N(m_1, s_1^2), N(m_2, s_2^2))$ (theory.md 7.5): the monotone coupling moves by $\delta + \sigma Z$,
+    $\delta = m_1 - m_2$, $\sigma = |s_1 - s_2|$, so $W_1 = E|\delta + \sigma Z|$."""
     delta, sigma = m1 - m2, abs(s1 - s2)
     if sigma == 0.0:
         return abs(delta)

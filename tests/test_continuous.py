@@ -55,8 +55,8 @@ def _points(key, num):
 
 
 class _ExactTrigFlowNet(ctjax.AbstractNetwork):
-    """$F^\\star = (\\cos t\\, x - f^\\star(t, x))/(\\sigma_d \\sin t)$ from the closed-form Gaussian flow, plus a
-    trainable `shift` (0 at the optimum), as a network of $(x/\\sigma_d, c_{noise} = t)$."""
+    r"""$F^\star = (\cos t\, x - f^\star(t, x))/(\sigma_d \sin t)$ from the closed-form Gaussian flow, plus a
+    trainable `shift` (0 at the optimum), as a network of $(x/\sigma_d, c_{noise} = t)$."""
 
     target: ctjax.Gaussian
     shift: jax.Array

@@ -35,18 +35,18 @@ def _sqrtm(v: np.ndarray) -> np.ndarray:
 
 
 def _marginal_cov(k: int) -> np.ndarray:
-    """$C_k = a_k^2\\Sigma + s_k^2 I$ (1-based stage k)."""
+    r"""$C_k = a_k^2\Sigma + s_k^2 I$ (1-based stage k)."""
     return ALPHAS[k - 1] ** 2 * COV + SIGMAS[k - 1] ** 2 * np.eye(2)
 
 
 def _flow(k_from: int, k_to: int) -> tuple[np.ndarray, np.ndarray]:
-    """$\\Phi_{t_{k_from} \\to t_{k_to}}(x) = Jx + c$, $J = C_{to}^{1/2} C_{from}^{-1/2}$ (theory.md 7.3)."""
+    r"""$\Phi_{t_{k_from} \to t_{k_to}}(x) = Jx + c$, $J = C_{to}^{1/2} C_{from}^{-1/2}$ (theory.md 7.3)."""
     J = _sqrtm(_marginal_cov(k_to)) @ np.linalg.inv(_sqrtm(_marginal_cov(k_from)))
     return J, ALPHAS[k_to - 1] * MEAN - J @ (ALPHAS[k_from - 1] * MEAN)
 
 
 def _ddim(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """$\\mathrm{DDIM}_k(x) = r_k x + b_k D(x)$ with the Gaussian denoiser $D(x) = \\mu + a_k\\Sigma C_k^{-1}(x - a_k\\mu)$."""
+    r"""$\mathrm{DDIM}_k(x) = r_k x + b_k D(x)$ with the Gaussian denoiser $D(x) = \mu + a_k\Sigma C_k^{-1}(x - a_k\mu)$."""
     a, s, a_p, s_p = ALPHAS[k - 1], SIGMAS[k - 1], ALPHAS[k - 2], SIGMAS[k - 2]
     r, b = s_p / s, a_p - a * s_p / s
     gain = a * COV @ np.linalg.inv(_marginal_cov(k))
@@ -57,7 +57,7 @@ _Z = np.random.default_rng(0).standard_normal((2**19, 2))
 
 
 def _expected_norm(k: int, L: np.ndarray, c: np.ndarray) -> tuple[float, float]:
-    """$E\\|L X_k + c\\|$, $X_k \\sim N(a_k\\mu, C_k)$, by Monte Carlo over $2^{19}$ draws: (mean, standard error)."""
+    r"""$E\|L X_k + c\|$, $X_k \sim N(a_k\mu, C_k)$, by Monte Carlo over $2^{19}$ draws: (mean, standard error)."""
     norms = np.linalg.norm((_Z @ _sqrtm(L @ _marginal_cov(k) @ L.T)) + (L @ (ALPHAS[k - 1] * MEAN) + c), axis=1)
     return float(norms.mean()), float(norms.std() / np.sqrt(norms.shape[0]))
 
@@ -89,7 +89,7 @@ def run():
 
 
 def _exact_terms(model):
-    """Per stage k = 2..T: the affine maps $(L, c)$ of $f_k - f^\\star_k$, $\\delta_k$ and $\\xi_k$, with $f^\\star_k$
+    r"""Per stage k = 2..T: the affine maps $(L, c)$ of $f_k - f^\star_k$, $\delta_k$ and $\xi_k$, with $f^\star_k$
     from the oracle's closed-form stage minimiser $(M_k, m_k)$ given the learned $f_{k-1}$."""
     oracle = th.staged_ct_gaussian(TARGET, ALPHAS, SIGMAS)
     maps = _learned_maps(model)
@@ -134,9 +134,9 @@ def _terms_at(model, target, stage, xs, key):
 
 
 def test_terms_at_points_match_the_closed_forms(run):
-    """`stage_error_terms` on the trained model, at three points per stage: $f_k$, $f^\\star_k$ (the oracle's
-    $G_{k-1}(M_k x + m_k) + h_{k-1}$), $\\mathrm{DDIM}_k$, $\\Phi_k$, $\\delta_k = \\Phi_{k-1}(\\mathrm{DDIM}_k(x)) -
-    \\Phi_k(x)$ and $\\xi_k$ to 1e-10: the control variates make the 3-draw posterior averages exact for affine
+    r"""`stage_error_terms` on the trained model, at three points per stage: $f_k$, $f^\star_k$ (the oracle's
+    $G_{k-1}(M_k x + m_k) + h_{k-1}$), $\mathrm{DDIM}_k$, $\Phi_k$, $\delta_k = \Phi_{k-1}(\mathrm{DDIM}_k(x)) -
+    \Phi_k(x)$ and $\xi_k$ to 1e-10: the control variates make the 3-draw posterior averages exact for affine
     maps. The stage is traced (one compilation for all stages)."""
     model, _ = run
     oracle = th.staged_ct_gaussian(TARGET, ALPHAS, SIGMAS)
@@ -163,10 +163,10 @@ def test_terms_at_points_match_the_closed_forms(run):
 
 
 def test_expected_norms_match_monte_carlo(run, exact):
-    """$e_k = E\\|(f_k - f^\\star_k)(X_k)\\|$, $d_k = E\\|\\delta_k(X_k)\\|$ and $E\\|\\xi_k(X_k)\\|$ from the decomposition
+    r"""$e_k = E\|(f_k - f^\star_k)(X_k)\|$, $d_k = E\|\delta_k(X_k)\|$ and $E\|\xi_k(X_k)\|$ from the decomposition
     (1024 points) agree with NumPy Monte Carlo over $2^{19}$ draws of the exact affine terms within 5 combined
     standard errors; the standard errors are below 3% of the values, the optimisation errors are non-zero
-    (each > 20 standard errors), and measuring them against the oracle's chain $f^\\star_k$ instead of the
+    (each > 20 standard errors), and measuring them against the oracle's chain $f^\star_k$ instead of the
     minimiser given the learned $f_{k-1}$ would be detected."""
     model, dec = run
     np.testing.assert_array_equal(dec.stages, np.arange(2, T + 1))
@@ -188,9 +188,9 @@ def test_expected_norms_match_monte_carlo(run, exact):
 
 
 def test_inequality_chain(run, exact):
-    """$W_1(f_T(X_T), X_1) \\le E\\|\\xi_T\\| \\le \\sum_k (e_k + d_k)$ on the measurement (`check()`), at every stage
-    $E\\|\\xi_k\\| \\le \\sum_{j \\le k}(e_j + d_j)$, and on the exact values the one-step recursion
-    $E\\|\\xi_k\\| \\le E\\|\\xi_{k-1}\\| + e_k + d_k$ and the lower bound $\\|E f_T(X_T) - E X_1\\| \\le E\\|\\xi_T\\|$."""
+    r"""$W_1(f_T(X_T), X_1) \le E\|\xi_T\| \le \sum_k (e_k + d_k)$ on the measurement (`check()`), at every stage
+    $E\|\xi_k\| \le \sum_{j \le k}(e_j + d_j)$, and on the exact values the one-step recursion
+    $E\|\xi_k\| \le E\|\xi_{k-1}\| + e_k + d_k$ and the lower bound $\|E f_T(X_T) - E X_1\| \le E\|\xi_T\|$."""
     model, dec = run
     assert dec.complete and dec.check()
     assert dec.w1 <= dec.xi_final + dec.w1_floor
@@ -277,7 +277,7 @@ def test_argument_errors(run):
 
 
 class _TanhNet(ctjax.AbstractNetwork):
-    """$F(x, c) = \\tanh(Wx + v) + b$: smooth and clearly non-linear."""
+    r"""$F(x, c) = \tanh(Wx + v) + b$: smooth and clearly non-linear."""
 
     weight: Array
     shift: Array
@@ -309,10 +309,10 @@ def _teacher(model, index, ys):
 
 
 def test_non_linear_teacher_average_matches_quadrature():
-    """For a non-linear teacher $f_{k-1}$, $f^\\star_k(x) = E[f_{k-1}(r_k x + b_k X_0) \\mid X_k = x]$ from 4096 posterior
+    r"""For a non-linear teacher $f_{k-1}$, $f^\star_k(x) = E[f_{k-1}(r_k x + b_k X_0) \mid X_k = x]$ from 4096 posterior
     draws (16 independent repetitions) matches a $40^2$-node Gauss-Hermite quadrature over the Gaussian posterior
-    within 5 standard errors, and the Jensen gap $f^\\star_k(x) - f_{k-1}(\\mathrm{DDIM}_k(x))$ is over 20 standard
-    errors (the average is not the plug-in). $\\delta_k$ involves only the affine flow: exact whatever the draws."""
+    within 5 standard errors, and the Jensen gap $f^\star_k(x) - f_{k-1}(\mathrm{DDIM}_k(x))$ is over 20 standard
+    errors (the average is not the plug-in). $\delta_k$ involves only the affine flow: exact whatever the draws."""
     model, k = _tanh_model(), 5
     x = np.array([0.7, -0.9])
     a, s = ALPHAS[k - 1], SIGMAS[k - 1]

@@ -10,8 +10,8 @@ from .._schedules import AbstractSchedule
 
 
 class AbstractConsistencyModel(eqx.Module):
-    """A map $f(t, x)$ from a point $x$ at time $t$ to the data end of its probability-flow
-    trajectory, $f(t, x) \\approx \\Phi_{t \\to t_{min}}(x)$, with $f(t_{min}, x) = x$.
+    r"""A map $f(t, x)$ from a point $x$ at time $t$ to the data end of its probability-flow
+    trajectory, $f(t, x) \approx \Phi_{t \to t_{min}}(x)$, with $f(t_{min}, x) = x$.
 
     Acts on one point `x` of shape `(dim,)` at scalar `t`; `key` drives the network's randomness
     (dropout) and is shared by student and teacher evaluations. `key=None` is deterministic.

@@ -10,7 +10,7 @@ from .base import AbstractConsistencyModel
 
 
 class ExactConsistencyFunction(AbstractConsistencyModel):
-    """$f^\\star(t, x) = \\Phi_{t \\to t_{min}}(x)$, the consistency function that every method
+    r"""$f^\star(t, x) = \Phi_{t \to t_{min}}(x)$, the consistency function that every method
     approximates: closed form for a `Gaussian` target, Diffrax otherwise.
 
     Use it as ground truth, as a perfect teacher, or to check that a loss vanishes at the optimum.

@@ -24,12 +24,12 @@ def apply_scalings(scalings: AbstractScalings, schedule: AbstractSchedule, net, 
 
 
 class ConsistencyFunction(AbstractConsistencyModel):
-    """$f_\\theta(t, x) = c_{skip}(t) x + c_{out}(t) F_\\theta(c_{in}(t) x, c_{noise}(t))$, with
-    $f_\\theta(t_{min}, x) = x$ exactly for any parameters.
+    r"""$f_\theta(t, x) = c_{skip}(t) x + c_{out}(t) F_\theta(c_{in}(t) x, c_{noise}(t))$, with
+    $f_\theta(t_{min}, x) = x$ exactly for any parameters.
 
     **Arguments:**
 
-    - `net`: the network $F_\\theta$ (an `AbstractNetwork` mapping `(dim,)` to `(dim,)`).
+    - `net`: the network $F_\theta$ (an `AbstractNetwork` mapping `(dim,)` to `(dim,)`).
     - `schedule`: the interpolant.
     - `scalings`: `EDMScalings(sigma_data)` (default, any schedule) or `TrigFlowScalings`.
     """

@@ -12,7 +12,7 @@ from .._schedules import AbstractSchedule, TrigFlow
 
 
 class AbstractScalings(eqx.Module):
-    """$f(t, x) = c_{skip}(t)\\, x + c_{out}(t)\\, F(c_{in}(t)\\, x,\\ c_{noise}(t))$ with
+    r"""$f(t, x) = c_{skip}(t)\, x + c_{out}(t)\, F(c_{in}(t)\, x,\ c_{noise}(t))$ with
     $c_{skip}(t_{min}) = 1$ and $c_{out}(t_{min}) = 0$."""
 
     @abc.abstractmethod
@@ -21,21 +21,21 @@ class AbstractScalings(eqx.Module):
 
 
 class EDMScalings(AbstractScalings):
-    """Song et al.'s consistency-model scalings (EDM's with the $\\sigma_{min}$ offset), for any
-    schedule through the variance-exploding reduction $y = x/\\alpha$, $n = \\sigma/\\alpha$:
+    r"""Song et al.'s consistency-model scalings (EDM's with the $\sigma_{min}$ offset), for any
+    schedule through the variance-exploding reduction $y = x/\alpha$, $n = \sigma/\alpha$:
 
-    $f(t, x) = \\alpha_{min}\\,[c^{VE}_{skip}(n)\\, y + c^{VE}_{out}(n)\\, F(c^{VE}_{in}(n)\\, y, \\tfrac14 \\log n)]$ with
-    $c^{VE}_{skip} = \\sigma_d^2 / ((n - n_{min})^2 + \\sigma_d^2)$,
-    $c^{VE}_{out} = \\sigma_d (n - n_{min}) / \\sqrt{\\sigma_d^2 + n^2}$,
-    $c^{VE}_{in} = 1/\\sqrt{n^2 + \\sigma_d^2}$.
+    $f(t, x) = \alpha_{min}\,[c^{VE}_{skip}(n)\, y + c^{VE}_{out}(n)\, F(c^{VE}_{in}(n)\, y, \tfrac14 \log n)]$ with
+    $c^{VE}_{skip} = \sigma_d^2 / ((n - n_{min})^2 + \sigma_d^2)$,
+    $c^{VE}_{out} = \sigma_d (n - n_{min}) / \sqrt{\sigma_d^2 + n^2}$,
+    $c^{VE}_{in} = 1/\sqrt{n^2 + \sigma_d^2}$.
 
-    Written in $(\\alpha, \\sigma)$, with $\\Delta = \\sigma\\alpha_{min} - \\sigma_{min}\\alpha$, the
-    coefficients stay finite where $\\alpha = 0$:
-    $c_{skip} = \\sigma_d^2 \\alpha \\alpha_{min}^3 / (\\Delta^2 + \\sigma_d^2\\alpha^2\\alpha_{min}^2)$,
-    $c_{out} = \\sigma_d \\Delta / \\sqrt{\\sigma_d^2\\alpha^2 + \\sigma^2}$,
-    $c_{in} = 1/\\sqrt{\\sigma_d^2\\alpha^2 + \\sigma^2}$ (unit-variance network input when the data
-    have variance $\\sigma_d^2$). For the VE schedule these are exactly Song et al.'s; for TrigFlow
-    $c_{skip} = \\cos t$ and $c_{out} = \\sigma_d \\sin t$.
+    Written in $(\alpha, \sigma)$, with $\Delta = \sigma\alpha_{min} - \sigma_{min}\alpha$, the
+    coefficients stay finite where $\alpha = 0$:
+    $c_{skip} = \sigma_d^2 \alpha \alpha_{min}^3 / (\Delta^2 + \sigma_d^2\alpha^2\alpha_{min}^2)$,
+    $c_{out} = \sigma_d \Delta / \sqrt{\sigma_d^2\alpha^2 + \sigma^2}$,
+    $c_{in} = 1/\sqrt{\sigma_d^2\alpha^2 + \sigma^2}$ (unit-variance network input when the data
+    have variance $\sigma_d^2$). For the VE schedule these are exactly Song et al.'s; for TrigFlow
+    $c_{skip} = \cos t$ and $c_{out} = \sigma_d \sin t$.
     """
 
     sigma_data: RealScalarLike = 0.5
@@ -61,9 +61,9 @@ class EDMScalings(AbstractScalings):
 
 
 class TrigFlowScalings(AbstractScalings):
-    """sCM's TrigFlow parametrization, $f(t, x) = \\cos(t)\\, x - \\sin(t)\\, \\sigma_d F(x/\\sigma_d, t)$,
+    r"""sCM's TrigFlow parametrization, $f(t, x) = \cos(t)\, x - \sin(t)\, \sigma_d F(x/\sigma_d, t)$,
     exact at $t = 0$; for the `TrigFlow` schedule only. `time_scale` multiplies the time fed to
-    the network ($c_{noise} = $ `time_scale` $\\cdot t$)."""
+    the network ($c_{noise} = $ `time_scale` $\cdot t$)."""
 
     sigma_data: RealScalarLike = 0.5
     time_scale: RealScalarLike = 1.0

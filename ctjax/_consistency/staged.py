@@ -38,7 +38,7 @@ def stage_times_of(schedule: AbstractSchedule, times: ArrayLike | None) -> Array
 
 
 class StagedConsistencyModel(AbstractConsistencyModel):
-    """The stage functions $f_k(x) = c_{skip}(t_k) x + c_{out}(t_k) F_{\\theta_k}(c_{in}(t_k) x, c_{noise}(t_k))$,
+    r"""The stage functions $f_k(x) = c_{skip}(t_k) x + c_{out}(t_k) F_{\theta_k}(c_{in}(t_k) x, c_{noise}(t_k))$,
     $k = 1..T$, each with its own network; the networks' parameters are stacked on a leading stage
     axis. $f_1$ is the identity ($t_1 = t_{min}$).
 

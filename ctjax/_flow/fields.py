@@ -27,22 +27,22 @@ def _prepare(target, schedule, t, x, time_name: str = "t"):
 
 
 def denoiser(target: AbstractTarget, schedule: AbstractSchedule, t: ArrayLike, x: ArrayLike) -> Float[Array, " dim"]:
-    """$D(x, t) = E[x_0 \\mid x_t = x]$ for one point `x` of shape `(dim,)` at scalar time `t`."""
+    r"""$D(x, t) = E[x_0 \mid x_t = x]$ for one point `x` of shape `(dim,)` at scalar time `t`."""
     t, x = _prepare(target, schedule, t, x)
     a, s = _coefficients(schedule, t, x)
     return target.posterior_mean(x, a, s)
 
 
 def score(target: AbstractTarget, schedule: AbstractSchedule, t: ArrayLike, x: ArrayLike) -> Float[Array, " dim"]:
-    """$\\nabla_x \\log p_t(x) = (\\alpha D - x)/\\sigma^2$ (Tweedie)."""
+    r"""$\nabla_x \log p_t(x) = (\alpha D - x)/\sigma^2$ (Tweedie)."""
     t, x = _prepare(target, schedule, t, x)
     a, s = _coefficients(schedule, t, x)
     return target.marginal_score(x, a, s)
 
 
 def velocity(target: AbstractTarget, schedule: AbstractSchedule, t: ArrayLike, x: ArrayLike) -> Float[Array, " dim"]:
-    """The probability-flow ODE $dx/dt = \\dot\\alpha D + \\dot\\sigma E[z \\mid x_t = x]$,
-    with $E[z \\mid x] = (x - \\alpha D)/\\sigma$ (taken as 0 where $\\sigma = 0$)."""
+    r"""The probability-flow ODE $dx/dt = \dot\alpha D + \dot\sigma E[z \mid x_t = x]$,
+    with $E[z \mid x] = (x - \alpha D)/\sigma$ (taken as 0 where $\sigma = 0$)."""
     t, x = _prepare(target, schedule, t, x)
     a, s, da, ds = _coefficients(schedule, t, x, with_derivatives=True)
     d = target.posterior_mean(x, a, s)

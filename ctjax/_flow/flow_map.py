@@ -47,12 +47,12 @@ def flow_map(
     log_noise_range: tuple[float, float] = DEFAULT_LOG_NOISE_RANGE,
     max_step: float | None = DEFAULT_MAX_STEP,
 ) -> Float[Array, " dim"]:
-    """The exact probability-flow map $\\Phi_{t_{from} \\to t_{to}}(x)$ for one point `x`.
+    r"""The exact probability-flow map $\Phi_{t_{from} \to t_{to}}(x)$ for one point `x`.
 
     Solved in the variance-exploding reduction (theory.md section 7.4), with log noise level
-    $\\lambda = \\log(\\sigma/\\alpha)$ as time and the state $x / \\sqrt{\\alpha^2 + \\sigma^2}$, so
-    the vector field $c(c\\,x - D)$ with $c = (1 + e^{2\\lambda})^{-1/2}$ is bounded everywhere and decays
-    like $e^{-|\\lambda|}$ at both ends. Infinite noise levels (e.g. the linear interpolant at
+    $\lambda = \log(\sigma/\alpha)$ as time and the state $x / \sqrt{\alpha^2 + \sigma^2}$, so
+    the vector field $c(c\,x - D)$ with $c = (1 + e^{2\lambda})^{-1/2}$ is bounded everywhere and decays
+    like $e^{-|\lambda|}$ at both ends. Infinite noise levels (e.g. the linear interpolant at
     $t = 1$) and zero noise levels (at $t = 0$) are cut off at `log_noise_range`, where the
     neglected tail is below $10^{-12}$ times the data scale.
 
@@ -66,8 +66,8 @@ def flow_map(
     - `t_from`, `t_to`: scalar times in `[schedule.t_min, schedule.t_max]`.
     - `rtol`, `atol`: tolerances of the adaptive step-size controller.
     - `solver`, `max_steps`, `adjoint`: passed to `diffrax.diffeqsolve`.
-    - `log_noise_range`: where to cut off $\\lambda$ at the ends.
-    - `max_step`: the largest step in $\\lambda$; it bounds the error of derivatives of the map,
+    - `log_noise_range`: where to cut off $\lambda$ at the ends.
+    - `max_step`: the largest step in $\lambda$; it bounds the error of derivatives of the map,
       which the step-size controller does not see.
     """
     t_from, x = _prepare(target, schedule, t_from, x, "t_from")

@@ -8,8 +8,8 @@ from .fields import _coefficients, _prepare
 
 
 def gaussian_flow_factors(eigvals: ArrayLike, alpha_from, sigma_from, alpha_to, sigma_to) -> Array:
-    """Per eigen-direction factors of the Gaussian flow,
-    $\\rho_i = \\sqrt{(\\alpha_u^2\\lambda_i + \\sigma_u^2)/(\\alpha_t^2\\lambda_i + \\sigma_t^2)}$."""
+    r"""Per eigen-direction factors of the Gaussian flow,
+    $\rho_i = \sqrt{(\alpha_u^2\lambda_i + \sigma_u^2)/(\alpha_t^2\lambda_i + \sigma_t^2)}$."""
     lam = jnp.asarray(eigvals)
     return jnp.sqrt((alpha_to**2 * lam + sigma_to**2) / (alpha_from**2 * lam + sigma_from**2))
 
@@ -17,8 +17,8 @@ def gaussian_flow_factors(eigvals: ArrayLike, alpha_from, sigma_from, alpha_to, 
 def gaussian_flow_map(
     target: Gaussian, schedule, x: ArrayLike, t_from: ArrayLike, t_to: ArrayLike
 ) -> Float[Array, " dim"]:
-    """Closed form of the flow for $N(\\mu, \\Sigma)$ data (theory.md section 7.3):
-    $\\Phi_{t \\to u}(x) = \\alpha_u \\mu + C_u^{1/2} C_t^{-1/2} (x - \\alpha_t \\mu)$, $C_t = \\alpha_t^2\\Sigma + \\sigma_t^2 I$."""
+    r"""Closed form of the flow for $N(\mu, \Sigma)$ data (theory.md section 7.3):
+    $\Phi_{t \to u}(x) = \alpha_u \mu + C_u^{1/2} C_t^{-1/2} (x - \alpha_t \mu)$, $C_t = \alpha_t^2\Sigma + \sigma_t^2 I$."""
     if not isinstance(target, Gaussian):
         raise TypeError(
             f"gaussian_flow_map needs a Gaussian target, got {type(target).__name__}; use flow_map for other targets."

@@ -1,4 +1,4 @@
-"""The abstract network interface: a per-example map $(x, c_{noise}) \\mapsto F(x, c_{noise})$."""
+r"""The abstract network interface: a per-example map $(x, c_{noise}) \mapsto F(x, c_{noise})$."""
 
 import abc
 import math
@@ -16,9 +16,9 @@ from .._misc import as_float_array, is_concrete
 
 
 class AbstractNetwork(eqx.Module):
-    """A network $F_\\theta(x, c_{noise})$ acting on one point $x \\in \\mathbb{R}^d$.
+    r"""A network $F_\theta(x, c_{noise})$ acting on one point $x \in \mathbb{R}^d$.
 
-    `c_noise` is a scalar conditioning (for example $\\tfrac14 \\log n$ for noise level $n$, or the
+    `c_noise` is a scalar conditioning (for example $\tfrac14 \log n$ for noise level $n$, or the
     TrigFlow time). The output has the shape and dtype of `x`. Randomness (dropout) is used only
     when a `key` is passed; `key=None` is deterministic inference. Use `jax.vmap` for a batch.
     """
@@ -32,7 +32,7 @@ class AbstractNetwork(eqx.Module):
     def __call__(
         self, x: Float[Array, " dim"], c_noise: ArrayLike, *, key: PRNGKeyArray | None = None
     ) -> Float[Array, " dim"]:
-        """**Arguments:**
+        r"""**Arguments:**
 
         - `x`: one point, shape `(dim,)`.
         - `c_noise`: the scalar conditioning.
@@ -40,7 +40,7 @@ class AbstractNetwork(eqx.Module):
 
         **Returns:**
 
-        $F_\\theta(x, c_{noise})$, with the shape and dtype of `x`.
+        $F_\theta(x, c_{noise})$, with the shape and dtype of `x`.
         """
 
 
@@ -135,11 +135,11 @@ def _is_layer(node) -> bool:
 
 
 def init_layers(build: Callable[[PRNGKeyArray], _T], key: PRNGKeyArray) -> _T:
-    """`build(key)` with freshly drawn parameters, compiled once rather than once per layer shape.
+    r"""`build(key)` with freshly drawn parameters, compiled once rather than once per layer shape.
 
     `build` is only traced abstractly (`eqx.filter_eval_shape`) for the layers' shapes. Linear and
     convolution weights and biases are then drawn from Equinox's default law, uniform on
-    $\\pm 1/\\sqrt{\\text{fan-in}}$, by a single `jax.random.uniform` call; GroupNorm starts at weight 1,
+    $\pm 1/\sqrt{\text{fan-in}}$, by a single `jax.random.uniform` call; GroupNorm starts at weight 1,
     bias 0. (Equinox's layer constructors would compile a random-number kernel for every distinct
     parameter shape, which dominates the construction time of a small network.) The only array
     leaves `build` may create are those of `eqx.nn.Linear`, `eqx.nn.Conv` and `eqx.nn.GroupNorm`.

@@ -36,8 +36,8 @@ def _conv3x3(c_in: int, c_out: int, dtype, *, key: PRNGKeyArray, stride: int = 1
 
 
 class _ResBlock(eqx.Module):
-    """$x' = \\mathrm{skip}(x) + \\mathrm{Conv}(\\mathrm{drop}(\\mathrm{SiLU}(\\mathrm{GN}(
-    \\mathrm{Conv}(\\mathrm{SiLU}(\\mathrm{GN}(x))) + P e))))$, the shift $P e$ broadcast over pixels."""
+    r"""$x' = \mathrm{skip}(x) + \mathrm{Conv}(\mathrm{drop}(\mathrm{SiLU}(\mathrm{GN}(
+    \mathrm{Conv}(\mathrm{SiLU}(\mathrm{GN}(x))) + P e))))$, the shift $P e$ broadcast over pixels."""
 
     norm1: eqx.nn.GroupNorm
     conv1: eqx.nn.Conv2d
@@ -121,17 +121,17 @@ def _norm(layer: eqx.nn.GroupNorm, x: Array) -> Array:
 
 
 class ConvNet(AbstractNetwork):
-    """A two-level time-conditioned U-Net on images of shape `image_shape = (C, H, W)`, flattened.
+    r"""A two-level time-conditioned U-Net on images of shape `image_shape = (C, H, W)`, flattened.
 
-    With $c$ = `channels`: 3x3 conv in ($C \\to c$), a residual block ($c \\to c$) at full resolution
-    whose output is kept as the skip; a stride-2 3x3 conv down; residual blocks $c \\to 2c$ and
-    $2c \\to 2c$ at half resolution; nearest-neighbour 2x upsampling and a 3x3 conv; concatenation with
-    the skip and a residual block ($3c \\to c$); GroupNorm, SiLU and a zero-initialised 3x3 conv out
-    ($c \\to C$), so a fresh network is $F \\equiv 0$.
+    With $c$ = `channels`: 3x3 conv in ($C \to c$), a residual block ($c \to c$) at full resolution
+    whose output is kept as the skip; a stride-2 3x3 conv down; residual blocks $c \to 2c$ and
+    $2c \to 2c$ at half resolution; nearest-neighbour 2x upsampling and a 3x3 conv; concatenation with
+    the skip and a residual block ($3c \to c$); GroupNorm, SiLU and a zero-initialised 3x3 conv out
+    ($c \to C$), so a fresh network is $F \equiv 0$.
 
     Residual blocks are pre-activation (GroupNorm, SiLU, conv) with the time embedding added as a
     per-channel shift after the first conv, and dropout before the second. The time embedding is
-    $e = \\mathrm{SiLU}(\\mathrm{Lin}(\\mathrm{SiLU}(\\mathrm{Lin}(\\mathrm{emb}(c_{noise})))))$ of width $4c$.
+    $e = \mathrm{SiLU}(\mathrm{Lin}(\mathrm{SiLU}(\mathrm{Lin}(\mathrm{emb}(c_{noise})))))$ of width $4c$.
     GroupNorms use gcd(channels, 8) groups. Activations are kept channels-last; on CPU each
     convolution is one matrix product of the shifted copies of its input (im2col), because
     `lax.conv` inside `fit`'s `lax.scan` is 9-17x slower there (benchmarks/conv_in_scan.py); other

@@ -57,14 +57,14 @@ class AbstractEmbedding(eqx.Module):
 
 
 class FourierEmbedding(AbstractEmbedding):
-    """Random Fourier features $[\\cos(2\\pi f s), \\sin(2\\pi f s)]$, $f \\sim N(0, \\mathrm{scale}^2)$.
+    r"""Random Fourier features $[\cos(2\pi f s), \sin(2\pi f s)]$, $f \sim N(0, \mathrm{scale}^2)$.
 
     The `num_features // 2` frequencies are `scale * jax.random.normal(jax.random.key(seed), (num_features // 2,),
     float32)` (drawn in float32 whatever the input precision, then cast up). They are not stored: they are
     recomputed from the static `seed` at trace time, so they are never trained, checkpointed or averaged
     into an EMA, and become constants under `jax.jit`. The module has no array leaves.
 
-    EDM and consistency models use `scale=16`; iCT uses `scale=0.02` on $c_{noise} = 1000 \\cdot \\tfrac14 \\log n$.
+    EDM and consistency models use `scale=16`; iCT uses `scale=0.02` on $c_{noise} = 1000 \cdot \tfrac14 \log n$.
     """
 
     num_features: int = eqx.field(static=True)
@@ -100,9 +100,9 @@ class FourierEmbedding(AbstractEmbedding):
 
 
 class SinusoidalEmbedding(AbstractEmbedding):
-    """The transformer/DDPM positional embedding $[\\cos(\\omega_i s), \\sin(\\omega_i s)]_{i < h}$.
+    r"""The transformer/DDPM positional embedding $[\cos(\omega_i s), \sin(\omega_i s)]_{i < h}$.
 
-    With $h$ = `num_features // 2`, the frequencies are geometric, $\\omega_i = P^{-i/h}$ for
+    With $h$ = `num_features // 2`, the frequencies are geometric, $\omega_i = P^{-i/h}$ for
     $P$ = `max_period`: from 1 down to (nearly) $1/P$.
     """
 
@@ -110,10 +110,10 @@ class SinusoidalEmbedding(AbstractEmbedding):
     max_period: float = eqx.field(static=True)
 
     def __init__(self, num_features: int, max_period: float = 10000.0):
-        """**Arguments:**
+        r"""**Arguments:**
 
         - `num_features`: output size, even (half cosines, half sines).
-        - `max_period`: $P$, the longest period is about $2\\pi P$.
+        - `max_period`: $P$, the longest period is about $2\pi P$.
         """
         self.num_features = _check_num_features(num_features)
         max_period = float(max_period)

@@ -19,12 +19,12 @@ class LinearNet(AbstractNetwork):
     bias: Float[Array, " dim"]
 
     def __init__(self, dim: int, *, key: PRNGKeyArray, init_scale: float = 0.0, dtype=None):
-        """**Arguments:**
+        r"""**Arguments:**
 
         - `dim`: dimension of the data.
         - `key`: PRNG key for the initial parameters.
         - `init_scale`: $W$ and $b$ start as `init_scale` times independent standard normals
-          (default 0: $F \\equiv 0$).
+          (default 0: $F \equiv 0$).
         - `dtype`: parameter dtype (default: JAX's default float dtype).
         """
         dim = validate_int(dim, "dim")

@@ -49,7 +49,7 @@ def make_embedding(embedding, embedding_features: int) -> tuple[eqx.Module, int]
 
 
 class _ResidualBlock(eqx.Module):
-    """$h + W_2\\,\\mathrm{drop}(\\mathrm{SiLU}(W_1 \\mathrm{SiLU}(h) + P e))$."""
+    r"""$h + W_2\,\mathrm{drop}(\mathrm{SiLU}(W_1 \mathrm{SiLU}(h) + P e))$."""
 
     linear1: eqx.nn.Linear
     linear2: eqx.nn.Linear
@@ -67,15 +67,15 @@ class _ResidualBlock(eqx.Module):
 
 
 class MLP(AbstractNetwork):
-    """A time-conditioned residual MLP $F_\\theta(x, c_{noise})$.
+    r"""A time-conditioned residual MLP $F_\theta(x, c_{noise})$.
 
-    $e = \\mathrm{Lin}(\\mathrm{SiLU}(\\mathrm{Lin}(\\mathrm{emb}(c_{noise}))))$ (width `width`),
-    $h_0 = \\mathrm{Lin}(x)$, then `depth` additive-conditioning residual blocks
+    $e = \mathrm{Lin}(\mathrm{SiLU}(\mathrm{Lin}(\mathrm{emb}(c_{noise}))))$ (width `width`),
+    $h_0 = \mathrm{Lin}(x)$, then `depth` additive-conditioning residual blocks
 
-    $h \\leftarrow h + W_2\\,\\mathrm{drop}(\\mathrm{SiLU}(W_1 \\mathrm{SiLU}(h) + P\\,\\mathrm{SiLU}(e)))$
+    $h \leftarrow h + W_2\,\mathrm{drop}(\mathrm{SiLU}(W_1 \mathrm{SiLU}(h) + P\,\mathrm{SiLU}(e)))$
 
-    (each with its own $W_1, W_2, P$ and biases), and $F = \\mathrm{Lin}(\\mathrm{SiLU}(h))$. The output
-    layer starts at zero, so a fresh network is $F \\equiv 0$ and a consistency function built on it
+    (each with its own $W_1, W_2, P$ and biases), and $F = \mathrm{Lin}(\mathrm{SiLU}(h))$. The output
+    layer starts at zero, so a fresh network is $F \equiv 0$ and a consistency function built on it
     starts at $c_{skip} x$.
 
     Computation is in `promote_types(x.dtype, parameter dtype)`; the output is cast back to `x.dtype`.
@@ -101,11 +101,11 @@ class MLP(AbstractNetwork):
         key: PRNGKeyArray,
         dtype=None,
     ):
-        """**Arguments:**
+        r"""**Arguments:**
 
         - `dim`: dimension of the data.
         - `width`: hidden width.
-        - `depth`: number of residual blocks (0 allowed: then $F = \\mathrm{Lin}(\\mathrm{SiLU}(\\mathrm{Lin}(x)))$,
+        - `depth`: number of residual blocks (0 allowed: then $F = \mathrm{Lin}(\mathrm{SiLU}(\mathrm{Lin}(x)))$,
           ignoring $c_{noise}$).
         - `embedding`: `"fourier"` (`FourierEmbedding(embedding_features)`, scale 16), `"sinusoidal"`
           (`SinusoidalEmbedding(embedding_features)`), or any module mapping a scalar to a vector.

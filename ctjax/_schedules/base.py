@@ -19,9 +19,9 @@ def vp_coefficients(log_noise: ArrayLike) -> tuple[Array, Array]:
 
 
 def karras_noise_levels(noise_min: RealScalarLike, noise_max: RealScalarLike, num: int, rho: float = 7.0) -> Array:
-    """Karras et al.'s rho-grid of `num` noise levels, ascending from `noise_min` to `noise_max`:
+    r"""Karras et al.'s rho-grid of `num` noise levels, ascending from `noise_min` to `noise_max`:
 
-    $n_i = (n_{min}^{1/\\rho} + \\tfrac{i}{N-1}(n_{max}^{1/\\rho} - n_{min}^{1/\\rho}))^\\rho$.
+    $n_i = (n_{min}^{1/\rho} + \tfrac{i}{N-1}(n_{max}^{1/\rho} - n_{min}^{1/\rho}))^\rho$.
     """
     if int(num) < 2:
         raise ValueError(f"`num` must be at least 2, got {num}.")
@@ -38,11 +38,11 @@ def karras_noise_levels(noise_min: RealScalarLike, noise_max: RealScalarLike, nu
 
 
 class AbstractSchedule(eqx.Module):
-    """A Gaussian interpolant $x_t = \\alpha(t) x_0 + \\sigma(t) z$, data at `t_min`, noise at `t_max`.
+    r"""A Gaussian interpolant $x_t = \alpha(t) x_0 + \sigma(t) z$, data at `t_min`, noise at `t_max`.
 
-    Every schedule reduces to the variance-exploding one through $y = x/\\alpha$ with noise level
-    $n = \\sigma/\\alpha$; ctjax's ground truth only needs the log noise level
-    $\\lambda(t) = \\log(\\sigma(t)/\\alpha(t))$ and its inverse.
+    Every schedule reduces to the variance-exploding one through $y = x/\alpha$ with noise level
+    $n = \sigma/\alpha$; ctjax's ground truth only needs the log noise level
+    $\lambda(t) = \log(\sigma(t)/\alpha(t))$ and its inverse.
     """
 
     @property
@@ -57,35 +57,35 @@ class AbstractSchedule(eqx.Module):
 
     @abc.abstractmethod
     def alpha(self, t: ArrayLike) -> Array:
-        """Signal coefficient $\\alpha(t)$."""
+        r"""Signal coefficient $\alpha(t)$."""
 
     @abc.abstractmethod
     def sigma(self, t: ArrayLike) -> Array:
-        """Noise coefficient $\\sigma(t)$."""
+        r"""Noise coefficient $\sigma(t)$."""
 
     @abc.abstractmethod
     def time_at_log_noise(self, log_noise: ArrayLike) -> Array:
-        """The time $t$ with $\\log(\\sigma/\\alpha)(t)$ = `log_noise`, clipped to [t_min, t_max]."""
+        r"""The time $t$ with $\log(\sigma/\alpha)(t)$ = `log_noise`, clipped to [t_min, t_max]."""
 
     def interpolate(self, t: ArrayLike, x0: ArrayLike, z: ArrayLike) -> Array:
-        """$x_t = \\alpha(t) x_0 + \\sigma(t) z$ (any shapes that broadcast), in the dtype of `x0`."""
+        r"""$x_t = \alpha(t) x_0 + \sigma(t) z$ (any shapes that broadcast), in the dtype of `x0`."""
         x0 = jnp.asarray(x0)
         return self.alpha(t).astype(x0.dtype) * x0 + self.sigma(t).astype(x0.dtype) * jnp.asarray(z, x0.dtype)
 
     def log_noise(self, t: ArrayLike) -> Array:
-        """$\\lambda(t) = \\log \\sigma(t) - \\log \\alpha(t)$; $-\\infty$ where $\\sigma = 0$, $+\\infty$ where $\\alpha = 0$."""
+        r"""$\lambda(t) = \log \sigma(t) - \log \alpha(t)$; $-\infty$ where $\sigma = 0$, $+\infty$ where $\alpha = 0$."""
         return jnp.log(self.sigma(t)) - jnp.log(self.alpha(t))
 
     def noise(self, t: ArrayLike) -> Array:
-        """The variance-exploding noise level $\\sigma(t)/\\alpha(t)$."""
+        r"""The variance-exploding noise level $\sigma(t)/\alpha(t)$."""
         return jnp.exp(self.log_noise(t))
 
     def time_at_noise(self, noise: ArrayLike) -> Array:
-        """Inverse of `noise`: the time whose noise level $\\sigma/\\alpha$ is `noise`."""
+        r"""Inverse of `noise`: the time whose noise level $\sigma/\alpha$ is `noise`."""
         return self.time_at_log_noise(jnp.log(noise))
 
     def coefficients(self, t: ArrayLike) -> tuple[Array, Array, Array, Array]:
-        """$(\\alpha, \\sigma, \\dot\\alpha, \\dot\\sigma)$ at `t`, derivatives by one `jax.jvp`."""
+        r"""$(\alpha, \sigma, \dot\alpha, \dot\sigma)$ at `t`, derivatives by one `jax.jvp`."""
         t = jnp.asarray(t)
         (a, s), (da, ds) = jax.jvp(lambda u: (self.alpha(u), self.sigma(u)), (t,), (jnp.ones_like(t),))
         return a, s, da, ds

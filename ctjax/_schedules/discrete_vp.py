@@ -13,12 +13,12 @@ from .base import AbstractSchedule, vp_coefficients
 
 
 class DiscreteVP(AbstractSchedule):
-    """A discrete VP process $X_k = \\sqrt{1-\\beta_k} X_{k-1} + \\sqrt{\\beta_k} W_k$, $k = 1..T$,
-    with $\\bar\\alpha_k = \\prod_{j \\le k}(1 - \\beta_j)$, $\\alpha_k = \\sqrt{\\bar\\alpha_k}$,
-    $\\sigma_k = \\sqrt{1 - \\bar\\alpha_k}$; time runs over $[1, T]$ and stage $k$ sits at $t = k$.
+    r"""A discrete VP process $X_k = \sqrt{1-\beta_k} X_{k-1} + \sqrt{\beta_k} W_k$, $k = 1..T$,
+    with $\bar\alpha_k = \prod_{j \le k}(1 - \beta_j)$, $\alpha_k = \sqrt{\bar\alpha_k}$,
+    $\sigma_k = \sqrt{1 - \bar\alpha_k}$; time runs over $[1, T]$ and stage $k$ sits at $t = k$.
 
     Between grid points the schedule is interpolated (`"log_alpha_bar"`: piecewise-constant
-    $\\beta(t)$; or `"log_snr"`: piecewise-linear log noise level). The probability-flow map between
+    $\beta(t)$; or `"log_snr"`: piecewise-linear log noise level). The probability-flow map between
     two grid points depends only on their noise levels, so both give the same flow there.
     """
 
@@ -44,7 +44,7 @@ class DiscreteVP(AbstractSchedule):
     def from_betas(
         cls, betas: ArrayLike, interpolation: Literal["log_alpha_bar", "log_snr"] = "log_alpha_bar"
     ) -> "DiscreteVP":
-        """The process with per-step variances `betas` ($\\beta_1, \\dots, \\beta_T$, each in (0, 1))."""
+        r"""The process with per-step variances `betas` ($\beta_1, \dots, \beta_T$, each in (0, 1))."""
         b = np.asarray(betas, dtype=np.float64)
         if b.ndim != 1 or not np.all((b > 0) & (b < 1)):
             raise ValueError("`betas` must be a vector with every entry in (0, 1).")
@@ -58,8 +58,8 @@ class DiscreteVP(AbstractSchedule):
         c1: float = 4.0,
         interpolation: Literal["log_alpha_bar", "log_snr"] = "log_alpha_bar",
     ) -> "DiscreteVP":
-        """Li, Huang and Wei's schedule (their eq. (23)):
-        $\\beta_1 = T^{-c_0}$, $\\beta_{k+1} = \\frac{c_1 \\log T}{T} \\min\\{\\beta_1 (1 + \\frac{c_1 \\log T}{T})^k, 1\\}$.
+        r"""Li, Huang and Wei's schedule (their eq. (23)):
+        $\beta_1 = T^{-c_0}$, $\beta_{k+1} = \frac{c_1 \log T}{T} \min\{\beta_1 (1 + \frac{c_1 \log T}{T})^k, 1\}$.
         """
         T = int(num_steps)
         if T < 2:
@@ -90,14 +90,14 @@ class DiscreteVP(AbstractSchedule):
         return float(self.num_steps)
 
     def stage_times(self) -> Float[Array, " T"]:
-        """The stage grid $t = 1, \\dots, T$."""
+        r"""The stage grid $t = 1, \dots, T$."""
         return jnp.arange(1, self.num_steps + 1, dtype=self.log_alpha_bar.dtype)
 
     def uniform_grid(self, num: int) -> Float[Array, " num"]:
         return jnp.linspace(1.0, float(self.num_steps), int(num), dtype=self.log_alpha_bar.dtype)
 
     def alpha_bar(self) -> Float[Array, " T"]:
-        """$\\bar\\alpha_k$ at the stages."""
+        r"""$\bar\alpha_k$ at the stages."""
         return jnp.exp(self.log_alpha_bar)
 
     def _grid_log_noise(self) -> Array:

@@ -8,7 +8,7 @@ from .base import AbstractSchedule
 
 
 class LinearInterpolant(AbstractSchedule):
-    """$x_t = (1 - t) x_0 + t z$ on $[0, 1]$: $\\alpha_0 = \\sigma_1 = 1$, $\\alpha_1 = \\sigma_0 = 0$.
+    r"""$x_t = (1 - t) x_0 + t z$ on $[0, 1]$: $\alpha_0 = \sigma_1 = 1$, $\alpha_1 = \sigma_0 = 0$.
 
     Both ends are degenerate: the noise level is 0 at $t = 0$ and infinite at $t = 1$.
     """

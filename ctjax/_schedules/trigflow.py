@@ -9,9 +9,9 @@ from .base import AbstractSchedule
 
 
 class TrigFlow(AbstractSchedule):
-    """$x_t = \\cos(t) x_0 + \\sin(t) \\sigma_d z$ for $t \\in [0, \\pi/2]$ (sCM's TrigFlow).
+    r"""$x_t = \cos(t) x_0 + \sin(t) \sigma_d z$ for $t \in [0, \pi/2]$ (sCM's TrigFlow).
 
-    The noise level is $\\sigma_d \\tan t$; EDM's $\\sigma$ corresponds to $t = \\arctan(\\sigma/\\sigma_d)$.
+    The noise level is $\sigma_d \tan t$; EDM's $\sigma$ corresponds to $t = \arctan(\sigma/\sigma_d)$.
     """
 
     sigma_data: RealScalarLike = 0.5
@@ -39,7 +39,7 @@ class TrigFlow(AbstractSchedule):
         return jnp.clip(jnp.arctan(jnp.exp(jnp.asarray(log_noise)) / self.sigma_data), 0.0, self.t_max)
 
 
-TrigFlow.__init__.__doc__ = """**Arguments:**
+TrigFlow.__init__.__doc__ = r"""**Arguments:**
 
-- `sigma_data`: the data standard deviation $\\sigma_d$ (0.5 in sCM).
+- `sigma_data`: the data standard deviation $\sigma_d$ (0.5 in sCM).
 """

@@ -9,7 +9,7 @@ from .base import AbstractSchedule
 
 
 class VarianceExploding(AbstractSchedule):
-    """$x_t = x_0 + t z$ for $t \\in [\\sigma_{min}, \\sigma_{max}]$ (Karras et al.'s EDM; Song et al.'s CM).
+    r"""$x_t = x_0 + t z$ for $t \in [\sigma_{min}, \sigma_{max}]$ (Karras et al.'s EDM; Song et al.'s CM).
 
     Time is the noise level itself, so `karras_grid` gives the usual EDM/CM discretisation.
     """
@@ -46,8 +46,8 @@ class VarianceExploding(AbstractSchedule):
         return jnp.clip(jnp.exp(jnp.asarray(log_noise)), self.sigma_min, self.sigma_max)
 
 
-VarianceExploding.__init__.__doc__ = """**Arguments:**
+VarianceExploding.__init__.__doc__ = r"""**Arguments:**
 
-- `sigma_min`: the noise level at the data end ($\\epsilon$ = 0.002 in EDM and CM).
+- `sigma_min`: the noise level at the data end ($\epsilon$ = 0.002 in EDM and CM).
 - `sigma_max`: the noise level at the noise end (80 in EDM and CM).
 """

@@ -10,8 +10,8 @@ from .base import AbstractSchedule
 
 
 class VariancePreserving(AbstractSchedule):
-    """$\\bar\\alpha(t) = \\exp(-B(t))$, $B(t) = \\beta_{min} t + \\tfrac12(\\beta_{max} - \\beta_{min}) t^2$,
-    $\\alpha = \\sqrt{\\bar\\alpha}$, $\\sigma = \\sqrt{1 - \\bar\\alpha}$ (Song et al.'s VP SDE, linear $\\beta$).
+    r"""$\bar\alpha(t) = \exp(-B(t))$, $B(t) = \beta_{min} t + \tfrac12(\beta_{max} - \beta_{min}) t^2$,
+    $\alpha = \sqrt{\bar\alpha}$, $\sigma = \sqrt{1 - \bar\alpha}$ (Song et al.'s VP SDE, linear $\beta$).
     """
 
     beta_min: RealScalarLike = 0.1
@@ -39,7 +39,7 @@ class VariancePreserving(AbstractSchedule):
         return self.t_end
 
     def integrated_beta(self, t: ArrayLike) -> Array:
-        """$B(t) = \\int_0^t \\beta$, so that $\\bar\\alpha(t) = e^{-B(t)}$."""
+        r"""$B(t) = \int_0^t \beta$, so that $\bar\alpha(t) = e^{-B(t)}$."""
         t = jnp.asarray(t)
         return jnp.asarray(self.beta_min * t + 0.5 * (jnp.asarray(self.beta_max) - self.beta_min) * t**2)
 
@@ -60,8 +60,8 @@ class VariancePreserving(AbstractSchedule):
         return jnp.clip(t, self.t_start, self.t_end)
 
 
-VariancePreserving.__init__.__doc__ = """**Arguments:**
+VariancePreserving.__init__.__doc__ = r"""**Arguments:**
 
-- `beta_min`, `beta_max`: the linear $\\beta(t)$ of the VP SDE (0.1 and 20 in score-SDE).
+- `beta_min`, `beta_max`: the linear $\beta(t)$ of the VP SDE (0.1 and 20 in score-SDE).
 - `t_start`, `t_end`: the time range (`t_min`, `t_max`); at `t_start = 0` the noise level is 0.
 """

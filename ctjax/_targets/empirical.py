@@ -11,8 +11,8 @@ from .base import AbstractTarget, cast_like
 
 
 class Empirical(AbstractTarget):
-    """$\\sum_i w_i \\delta_{p_i}$: a data set as a distribution, with the exact posterior
-    $E[x_0 \\mid x] = \\sum_i \\mathrm{softmax}_i(\\log w_i - \\|x - \\alpha p_i\\|^2 / 2\\sigma^2)\\, p_i$.
+    r"""$\sum_i w_i \delta_{p_i}$: a data set as a distribution, with the exact posterior
+    $E[x_0 \mid x] = \sum_i \mathrm{softmax}_i(\log w_i - \|x - \alpha p_i\|^2 / 2\sigma^2)\, p_i$.
 
     Memory per query is linear in the number of points (one matrix-vector product, no pairwise
     differences), so data sets of $10^4$ points in $10^3$ dimensions are fine; batch queries with
@@ -77,7 +77,7 @@ class Empirical(AbstractTarget):
         return x, points, log_w + (a * (points @ x) - 0.5 * a**2 * sq) / s_safe**2
 
     def posterior_weights(self, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike) -> Float[Array, " N"]:
-        """$P(x_0 = p_i \\mid \\alpha x_0 + \\sigma z = x)$."""
+        r"""$P(x_0 = p_i \mid \alpha x_0 + \sigma z = x)$."""
         return jax.nn.softmax(self._logits(x, alpha, sigma)[2])
 
     def posterior_mean(self, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike) -> Float[Array, " dim"]:
@@ -98,7 +98,7 @@ class Empirical(AbstractTarget):
     def sample_posterior(
         self, key: PRNGKeyArray, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike, num: int
     ) -> Float[Array, "num dim"]:
-        """Atoms drawn by the posterior weights; at zero noise every draw is $x/\\alpha$."""
+        r"""Atoms drawn by the posterior weights; at zero noise every draw is $x/\alpha$."""
         sigma = jnp.asarray(sigma)
         x, points, logits = self._logits(x, alpha, sigma)
         idx = jr.categorical(key, logits, shape=(int(num),))

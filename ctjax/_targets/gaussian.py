@@ -10,7 +10,7 @@ from .base import AbstractTarget, cast_like
 
 
 class Gaussian(AbstractTarget):
-    """$N(\\mu, \\Sigma)$ with $\\Sigma = U \\mathrm{diag}(\\lambda) U^\\top$ positive definite.
+    r"""$N(\mu, \Sigma)$ with $\Sigma = U \mathrm{diag}(\lambda) U^\top$ positive definite.
 
     Its probability flow is linear and known in closed form (see `gaussian_flow_map`).
     """
@@ -47,7 +47,7 @@ class Gaussian(AbstractTarget):
         return self.cov
 
     def marginal(self, alpha: ArrayLike, sigma: ArrayLike) -> "Gaussian":
-        """The law of $\\alpha x_0 + \\sigma z$: $N(\\alpha\\mu, \\alpha^2\\Sigma + \\sigma^2 I)$."""
+        r"""The law of $\alpha x_0 + \sigma z$: $N(\alpha\mu, \alpha^2\Sigma + \sigma^2 I)$."""
         eye = jnp.eye(self.dim, dtype=self.cov.dtype)
         return Gaussian(alpha * self.loc, alpha**2 * self.cov + sigma**2 * eye)
 
@@ -79,8 +79,8 @@ class Gaussian(AbstractTarget):
     def sample_posterior(
         self, key: PRNGKeyArray, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike, num: int
     ) -> Float[Array, "num dim"]:
-        """Draws from the exact posterior
-        $N(D(x), U \\mathrm{diag}(\\lambda\\sigma^2/(\\alpha^2\\lambda + \\sigma^2)) U^\\top)$."""
+        r"""Draws from the exact posterior
+        $N(D(x), U \mathrm{diag}(\lambda\sigma^2/(\alpha^2\lambda + \sigma^2)) U^\top)$."""
         x, params = self._params(x)
         alpha, sigma = (jnp.asarray(c).astype(x.dtype) for c in (alpha, sigma))
         return mm.sample_posterior(key, int(num), x, alpha, sigma, *params)

@@ -12,7 +12,7 @@ from .base import AbstractTarget, cast_like
 
 
 class GaussianMixture(AbstractTarget):
-    """$\\sum_k \\pi_k N(\\mu_k, \\Sigma_k)$ with full, positive definite covariances.
+    r"""$\sum_k \pi_k N(\mu_k, \Sigma_k)$ with full, positive definite covariances.
 
     Responsibilities are computed as a log-sum-exp softmax, so far-apart components are exact.
     """
@@ -81,7 +81,7 @@ class GaussianMixture(AbstractTarget):
         )
 
     def marginal(self, alpha: ArrayLike, sigma: ArrayLike) -> "GaussianMixture":
-        """The law of $\\alpha x_0 + \\sigma z$, again a Gaussian mixture."""
+        r"""The law of $\alpha x_0 + \sigma z$, again a Gaussian mixture."""
         eye = jnp.eye(self.dim, dtype=self.covs.dtype)
         return GaussianMixture(self.weights, alpha * self.means, alpha**2 * self.covs + sigma**2 * eye[None])
 
@@ -112,15 +112,15 @@ class GaussianMixture(AbstractTarget):
         return mm.posterior_covariance(x, alpha, sigma, *params)
 
     def responsibilities(self, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike) -> Float[Array, " K"]:
-        """$P(\\text{component } k \\mid \\alpha x_0 + \\sigma z = x)$."""
+        r"""$P(\text{component } k \mid \alpha x_0 + \sigma z = x)$."""
         x, *params = self._params(x)
         return jax.nn.softmax(mm._terms(x, alpha, sigma, *params)[2])
 
     def sample_posterior(
         self, key: PRNGKeyArray, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike, num: int
     ) -> Float[Array, "num dim"]:
-        """A component $k$ by the responsibilities, then a draw from that component's posterior
-        $N(m_k, U_k \\mathrm{diag}(\\lambda_k\\sigma^2/(\\alpha^2\\lambda_k + \\sigma^2)) U_k^\\top)$."""
+        r"""A component $k$ by the responsibilities, then a draw from that component's posterior
+        $N(m_k, U_k \mathrm{diag}(\lambda_k\sigma^2/(\alpha^2\lambda_k + \sigma^2)) U_k^\top)$."""
         x, *params = self._params(x)
         alpha, sigma = (jnp.asarray(c).astype(x.dtype) for c in (alpha, sigma))
         return mm.sample_posterior(key, int(num), x, alpha, sigma, *params)

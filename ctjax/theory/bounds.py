@@ -29,15 +29,15 @@ def theorem1_bound(
     eps_approx: ArrayLike = 0.0,
     constant: ArrayLike = 1.0,
 ) -> Array:
-    """The right-hand side of Theorem 1 (Li, Huang and Wei, eq. (24)):
+    r"""The right-hand side of Theorem 1 (Li, Huang and Wei, eq. (24)):
 
-    $W_1(f_T(X_T), X_1) < C L_f^3 d^{5/2} \\log^5 T / T + \\varepsilon + \\varepsilon_{\\mathcal F}$.
+    $W_1(f_T(X_T), X_1) < C L_f^3 d^{5/2} \log^5 T / T + \varepsilon + \varepsilon_{\mathcal F}$.
 
     **Arguments:**
 
-    - `num_steps`: $T \\ge 2$ (broadcasts, so a grid of $T$ works).
+    - `num_steps`: $T \ge 2$ (broadcasts, so a grid of $T$ works).
     - `dim`: the dimension $d$.
-    - `lipschitz`: $L_f$, the Lipschitz constant of every flow map $\\Phi_{t \\to k}$ (Assumption 1);
+    - `lipschitz`: $L_f$, the Lipschitz constant of every flow map $\Phi_{t \to k}$ (Assumption 1);
       for Gaussian data see `gaussian_flow_lipschitz`.
     - `eps`, `eps_approx`: the cumulative training and approximation errors (Assumption 2).
     - `constant`: the unspecified universal constant $C_1$ (1 by default: the bound's shape, not its value).
@@ -58,13 +58,13 @@ def theorem1_bound(
 
 
 def theorem1_required_steps(dim: float, lipschitz: float, eps_total: float, constant: float = 1.0) -> int:
-    """The smallest $T \\ge 2$ from which on Theorem 1's discretisation term stays below `eps_total`:
-    $C L^3 d^{5/2} \\log^5 T' / T' \\le \\varepsilon$ for every $T' \\ge T$ (the corollary, eq. (25), with
-    $\\varepsilon$ = `eps_total` $= \\varepsilon + \\varepsilon_{\\mathcal F}$ giving $W_1 \\le 2\\varepsilon$).
+    r"""The smallest $T \ge 2$ from which on Theorem 1's discretisation term stays below `eps_total`:
+    $C L^3 d^{5/2} \log^5 T' / T' \le \varepsilon$ for every $T' \ge T$ (the corollary, eq. (25), with
+    $\varepsilon$ = `eps_total` $= \varepsilon + \varepsilon_{\mathcal F}$ giving $W_1 \le 2\varepsilon$).
 
-    $\\log^5 T / T$ increases up to $T = e^5$ and decreases after, so the answer is 2 when the term's
+    $\log^5 T / T$ increases up to $T = e^5$ and decreases after, so the answer is 2 when the term's
     maximum $C L^3 d^{5/2}(5/e)^5$ is already below `eps_total`, and otherwise the crossing on the
-    decreasing branch, $T = \\lceil e^u \\rceil$ with $u = -5 W_{-1}(-(\\varepsilon/K)^{1/5}/5)$ (Lambert W),
+    decreasing branch, $T = \lceil e^u \rceil$ with $u = -5 W_{-1}(-(\varepsilon/K)^{1/5}/5)$ (Lambert W),
     $K = C L^3 d^{5/2}$. Host-side; returns a Python int (minimal exactly below $2^{52}$, to float64
     resolution above).
     """
@@ -101,12 +101,12 @@ def theorem1_required_steps(dim: float, lipschitz: float, eps_total: float, cons
 
 
 def gaussian_flow_lipschitz(target: Gaussian, alphas: ArrayLike, sigmas: ArrayLike) -> float:
-    """Assumption 1's constant for Gaussian data on a stage grid (theory.md 7.3):
-    $L_f = \\max_{1 \\le k < t \\le T} \\max_i \\rho_i(t \\to k)$,
-    $\\rho_i(t \\to k) = \\sqrt{(a_k^2\\lambda_i + s_k^2)/(a_t^2\\lambda_i + s_t^2)}$.
+    r"""Assumption 1's constant for Gaussian data on a stage grid (theory.md 7.3):
+    $L_f = \max_{1 \le k < t \le T} \max_i \rho_i(t \to k)$,
+    $\rho_i(t \to k) = \sqrt{(a_k^2\lambda_i + s_k^2)/(a_t^2\lambda_i + s_t^2)}$.
 
     Computed in $O(Td)$ without the $O(T^2)$ pairs: for each $t$ the best $k < t$ is the running maximum of
-    $a_k^2\\lambda_i + s_k^2$ over the earlier stages (the order $k < t$ matters where that variance is not
+    $a_k^2\lambda_i + s_k^2$ over the earlier stages (the order $k < t$ matters where that variance is not
     monotone along the grid, as for the linear interpolant). Host-side float64.
     """
     what = "gaussian_flow_lipschitz"

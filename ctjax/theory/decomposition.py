@@ -1,12 +1,12 @@
-"""The error decomposition of a trained staged consistency model (Li, Huang and Wei; theory.md 1.4-1.7, 8.8).
+r"""The error decomposition of a trained staged consistency model (Li, Huang and Wei; theory.md 1.4-1.7, 8.8).
 
-With $\\xi_k = f_k - \\Phi_k$, $\\Phi_k = \\Phi_{t_k \\to t_1}$, the exact recursion
+With $\xi_k = f_k - \Phi_k$, $\Phi_k = \Phi_{t_k \to t_1}$, the exact recursion
 
-$\\xi_k(x) = (f_k - f^\\star_k)(x) + E[\\xi_{k-1}(X'_{k-1}) \\mid X_k = x] + \\delta_k(x)$,
-$\\delta_k(x) = E[\\Phi_{k-1}(X'_{k-1}) \\mid X_k = x] - \\Phi_{k-1}(\\varphi_k(x))$,
+$\xi_k(x) = (f_k - f^\star_k)(x) + E[\xi_{k-1}(X'_{k-1}) \mid X_k = x] + \delta_k(x)$,
+$\delta_k(x) = E[\Phi_{k-1}(X'_{k-1}) \mid X_k = x] - \Phi_{k-1}(\varphi_k(x))$,
 
-conditional Jensen and $X'_{k-1} \\stackrel{d}{=} X_{k-1}$ give the chain
-$W_1(f_T(X_T), X_1) \\le E\\|\\xi_T(X_T)\\| \\le \\sum_k E\\|(f_k - f^\\star_k)(X_k)\\| + \\sum_k E\\|\\delta_k(X_k)\\|$.
+conditional Jensen and $X'_{k-1} \stackrel{d}{=} X_{k-1}$ give the chain
+$W_1(f_T(X_T), X_1) \le E\|\xi_T(X_T)\| \le \sum_k E\|(f_k - f^\star_k)(X_k)\| + \sum_k E\|\delta_k(X_k)\|$.
 """
 
 from collections.abc import Sequence
@@ -26,14 +26,14 @@ from ..metrics import wasserstein1
 
 
 class StageErrorTerms(eqx.Module):
-    """The terms of the recursion at one point $x$ of stage $k$ (see `stage_error_terms`); each of shape `(dim,)`.
+    r"""The terms of the recursion at one point $x$ of stage $k$ (see `stage_error_terms`); each of shape `(dim,)`.
 
     - `f`: $f_k(x)$, the learned stage function.
-    - `f_star`: $f^\\star_k(x) = E[f_{k-1}(X'_{k-1}) \\mid X_k = x]$, given the learned $f_{k-1}$.
-    - `ddim`: $\\mathrm{DDIM}_k(x) = E[X'_{k-1} \\mid X_k = x] = r_k x + b_k D(x, t_k)$ (exact).
-    - `phi`: $\\Phi_k(x) = \\Phi_{k-1}(\\varphi_k(x))$, the exact flow to stage 1 (solved from $t_k$).
-    - `delta`: $\\delta_k(x) = E[\\Phi_{k-1}(X'_{k-1}) \\mid X_k = x] - \\Phi_k(x)$.
-    - `xi`: $\\xi_k(x) = f_k(x) - \\Phi_k(x)$.
+    - `f_star`: $f^\star_k(x) = E[f_{k-1}(X'_{k-1}) \mid X_k = x]$, given the learned $f_{k-1}$.
+    - `ddim`: $\mathrm{DDIM}_k(x) = E[X'_{k-1} \mid X_k = x] = r_k x + b_k D(x, t_k)$ (exact).
+    - `phi`: $\Phi_k(x) = \Phi_{k-1}(\varphi_k(x))$, the exact flow to stage 1 (solved from $t_k$).
+    - `delta`: $\delta_k(x) = E[\Phi_{k-1}(X'_{k-1}) \mid X_k = x] - \Phi_k(x)$.
+    - `xi`: $\xi_k(x) = f_k(x) - \Phi_k(x)$.
     """
 
     f: Float[Array, " dim"]
@@ -45,7 +45,7 @@ class StageErrorTerms(eqx.Module):
 
 
 def _flow_to_stage_one(model, target, rtol, atol):
-    """$y \\mapsto \\Phi_{t \\to t_1}(y)$: closed form for a Gaussian target, Diffrax otherwise."""
+    r"""$y \mapsto \Phi_{t \to t_1}(y)$: closed form for a Gaussian target, Diffrax otherwise."""
     t_1 = model.times[0]
     if isinstance(target, Gaussian):
         return lambda y, t: gaussian_flow_map(target, model.schedule, y, t, t_1)
@@ -117,17 +117,17 @@ def stage_error_terms(
     atol: float = 1e-6,
     key: PRNGKeyArray,
 ) -> StageErrorTerms:
-    """The terms of the $\\xi$ recursion at one point `x` of stage $k$ = `stage` (1-based, $2 \\le k \\le T$,
-    may be traced): $f_k(x)$, $f^\\star_k(x)$, $\\mathrm{DDIM}_k(x)$, $\\Phi_k(x)$, $\\delta_k(x)$, $\\xi_k(x)$.
+    r"""The terms of the $\xi$ recursion at one point `x` of stage $k$ = `stage` (1-based, $2 \le k \le T$,
+    may be traced): $f_k(x)$, $f^\star_k(x)$, $\mathrm{DDIM}_k(x)$, $\Phi_k(x)$, $\delta_k(x)$, $\xi_k(x)$.
 
-    The conditional expectations over $X'_{k-1} = r_k x + b_k X_0$, $X_0 \\sim p(x_0 \\mid X_k = x)$, are averages
+    The conditional expectations over $X'_{k-1} = r_k x + b_k X_0$, $X_0 \sim p(x_0 \mid X_k = x)$, are averages
     over `num_posterior` posterior draws (the same draws for both), with the control variate
-    $L(u)$, $u = b_k(\\bar X_0 - D(x))$, subtracted: $L(u) = J_{f_{k-1}}(\\mathrm{DDIM}_k(x))\\,u$ for $f^\\star_k$ and
-    $(\\Phi_{k-1}(\\mathrm{DDIM}_k(x) + u) - \\Phi_{k-1}(\\mathrm{DDIM}_k(x) - u))/2$ for the flow. Both are
-    linear in $u$ up to $O(|u|^3)$, and $E[u \\mid x] = 0$ as the denoiser is exact, so the averages are unbiased
+    $L(u)$, $u = b_k(\bar X_0 - D(x))$, subtracted: $L(u) = J_{f_{k-1}}(\mathrm{DDIM}_k(x))\,u$ for $f^\star_k$ and
+    $(\Phi_{k-1}(\mathrm{DDIM}_k(x) + u) - \Phi_{k-1}(\mathrm{DDIM}_k(x) - u))/2$ for the flow. Both are
+    linear in $u$ up to $O(|u|^3)$, and $E[u \mid x] = 0$ as the denoiser is exact, so the averages are unbiased
     for any $f_{k-1}$ (up to that third-order term for the flow), and exact when $f_{k-1}$
-    and $\\Phi_{k-1}$ are affine (Gaussian data with affine stage functions; then
-    $\\delta_k = \\Phi_{k-1}(\\mathrm{DDIM}_k(x)) - \\Phi_k(x) = J_{\\Phi_{k-1}}(\\mathrm{DDIM}_k(x) - \\varphi_k(x))$).
+    and $\Phi_{k-1}$ are affine (Gaussian data with affine stage functions; then
+    $\delta_k = \Phi_{k-1}(\mathrm{DDIM}_k(x)) - \Phi_k(x) = J_{\Phi_{k-1}}(\mathrm{DDIM}_k(x) - \varphi_k(x))$).
     Flow maps are the closed form for a `Gaussian` target, else `flow_map` with `rtol`, `atol`.
     Per example: jit- and vmap-able in `x`, `stage` and `key`.
     """
@@ -149,14 +149,14 @@ def _stage_batch(model, target, index, x0, z, keys, num_posterior: int, rtol: fl
 
 
 class ErrorDecomposition(eqx.Module):
-    """The measured terms of Li, Huang and Wei's error decomposition (theory.md 1.7, 8.8). Arrays indexed by stage
+    r"""The measured terms of Li, Huang and Wei's error decomposition (theory.md 1.7, 8.8). Arrays indexed by stage
     follow `stages` (1-based stage numbers $k$); `*_se` are Monte Carlo standard errors over the sample points.
 
-    - `optimisation`: $e_k = E\\|(f_k - f^\\star_k)(X_k)\\|$ (training plus approximation error of stage $k$).
-    - `discretisation`: $d_k = E\\|\\delta_k(X_k)\\|$.
-    - `xi`: $E\\|\\xi_k(X_k)\\|$ at every measured stage.
-    - `xi_final`: $E\\|\\xi_T(X_T)\\|$; `w1`: $W_1(f_T(X_T), X_1)$ between `num_points` samples of each;
-      `w1_floor`: $W_1(\\Phi_T(X_T), X_1)$ on the same samples, the sampling floor of `w1` (zero in the limit).
+    - `optimisation`: $e_k = E\|(f_k - f^\star_k)(X_k)\|$ (training plus approximation error of stage $k$).
+    - `discretisation`: $d_k = E\|\delta_k(X_k)\|$.
+    - `xi`: $E\|\xi_k(X_k)\|$ at every measured stage.
+    - `xi_final`: $E\|\xi_T(X_T)\|$; `w1`: $W_1(f_T(X_T), X_1)$ between `num_points` samples of each;
+      `w1_floor`: $W_1(\Phi_T(X_T), X_1)$ on the same samples, the sampling floor of `w1` (zero in the limit).
 
     `check()` tests the chain; `report()` prints it. Build it with `staged_error_decomposition`. Host-side
     float64 NumPy.
@@ -180,40 +180,40 @@ class ErrorDecomposition(eqx.Module):
 
     @property
     def complete(self) -> bool:
-        """Whether every stage $k = 2..T$ was measured (only then do the sums bound $E\\|\\xi_T\\|$)."""
+        r"""Whether every stage $k = 2..T$ was measured (only then do the sums bound $E\|\xi_T\|$)."""
         return np.array_equal(self.stages, np.arange(2, self.num_stages + 1))
 
     @property
     def total_optimisation(self) -> float:
-        """$\\sum_k e_k$ (the paper's $\\varepsilon + \\varepsilon_{\\mathcal F}$)."""
+        r"""$\sum_k e_k$ (the paper's $\varepsilon + \varepsilon_{\mathcal F}$)."""
         return float(np.sum(self.optimisation))
 
     @property
     def total_discretisation(self) -> float:
-        """$\\sum_k d_k$."""
+        r"""$\sum_k d_k$."""
         return float(np.sum(self.discretisation))
 
     @property
     def bound(self) -> float:
-        """$\\sum_k e_k + \\sum_k d_k$."""
+        r"""$\sum_k e_k + \sum_k d_k$."""
         return self.total_optimisation + self.total_discretisation
 
     @property
     def bound_slack(self) -> float:
-        """One standard error of $\\sum_k (e_k + d_k) - E\\|\\xi_T\\|$ (the stages use independent samples; the
+        r"""One standard error of $\sum_k (e_k + d_k) - E\|\xi_T\|$ (the stages use independent samples; the
         terms of one stage share theirs, so their errors are added before squaring)."""
         per_stage = self.optimisation_se + self.discretisation_se
         return float(np.sqrt(np.sum(per_stage**2) + self.xi_final_se**2))
 
     def check(self, num_se: float = 3.0) -> bool:
-        """Whether the chain $W_1(f_T(X_T), X_1) \\le E\\|\\xi_T(X_T)\\| \\le \\sum_k e_k + \\sum_k d_k$ holds, with the
+        r"""Whether the chain $W_1(f_T(X_T), X_1) \le E\|\xi_T(X_T)\| \le \sum_k e_k + \sum_k d_k$ holds, with the
         Monte Carlo slacks:
 
-        - first inequality: `w1` $\\le$ `xi_final` + `w1_floor`. For the empirical measures this holds exactly (the
-          triangle inequality, and the identity coupling of $f_T(X_T^i)$ with $\\Phi_T(X_T^i)$); `w1_floor` is
+        - first inequality: `w1` $\le$ `xi_final` + `w1_floor`. For the empirical measures this holds exactly (the
+          triangle inequality, and the identity coupling of $f_T(X_T^i)$ with $\Phi_T(X_T^i)$); `w1_floor` is
           the sampling bias of `w1`, which vanishes as `num_points` grows. A relative $10^{-6}$ covers the
           flow-solve tolerance.
-        - second inequality: `xi_final` $\\le$ `bound` + `num_se` $\\times$ `bound_slack`. Finite posterior
+        - second inequality: `xi_final` $\le$ `bound` + `num_se` $\times$ `bound_slack`. Finite posterior
           samples bias $e_k$ and $d_k$ upwards only (Jensen), so this slack is conservative.
 
         Needs every stage $2..T$ (`complete`).
@@ -231,8 +231,8 @@ class ErrorDecomposition(eqx.Module):
         return bool(first), bool(second)
 
     def report(self, num_se: float = 3.0) -> str:
-        """A printable table: per stage $e_k$, $d_k$, $E\\|\\xi_k\\|$ and the running bound
-        $\\sum_{j \\le k}(e_j + d_j)$ (which bounds $E\\|\\xi_k\\|$ too), then the totals and the chain."""
+        r"""A printable table: per stage $e_k$, $d_k$, $E\|\xi_k\|$ and the running bound
+        $\sum_{j \le k}(e_j + d_j)$ (which bounds $E\|\xi_k\|$ too), then the totals and the chain."""
         lines = [
             f"Error decomposition of a staged consistency model: T = {self.num_stages}, {self.num_points} points per "
             f"stage, {self.num_posterior} posterior draws per point (+- one standard error).",
@@ -276,29 +276,29 @@ def staged_error_decomposition(
     atol: float = 1e-6,
     stages: Sequence[int] | None = None,
 ) -> ErrorDecomposition:
-    """Measure every term of Li, Huang and Wei's error decomposition for a trained staged model against the
+    r"""Measure every term of Li, Huang and Wei's error decomposition for a trained staged model against the
     exact flow of `target` (theory.md 1.7, 8.8):
-    $W_1(f_T(X_T), X_1) \\le E\\|\\xi_T(X_T)\\| \\le \\sum_{k=2}^T e_k + \\sum_{k=2}^T d_k$ with
-    $e_k = E\\|(f_k - f^\\star_k)(X_k)\\|$ and $d_k = E\\|\\delta_k(X_k)\\|$, where $f^\\star_k$ is the stage minimiser
+    $W_1(f_T(X_T), X_1) \le E\|\xi_T(X_T)\| \le \sum_{k=2}^T e_k + \sum_{k=2}^T d_k$ with
+    $e_k = E\|(f_k - f^\star_k)(X_k)\|$ and $d_k = E\|\delta_k(X_k)\|$, where $f^\star_k$ is the stage minimiser
     given the learned $f_{k-1}$.
 
     **What is exact and what is Monte Carlo.**
 
-    - Exact: the stage functions, the denoiser $D$ (so $\\mathrm{DDIM}_k$), and the flow maps $\\Phi_k$: closed
+    - Exact: the stage functions, the denoiser $D$ (so $\mathrm{DDIM}_k$), and the flow maps $\Phi_k$: closed
       form for a `Gaussian` target, otherwise `flow_map` (Diffrax) to `rtol`, `atol`.
-    - Monte Carlo over $X_k$: every expectation $E\\|\\cdot(X_k)\\|$ averages `num_points` samples of the forward
+    - Monte Carlo over $X_k$: every expectation $E\|\cdot(X_k)\|$ averages `num_points` samples of the forward
       marginal $X_k = a_k X_0 + s_k Z$, fresh for every stage; standard errors are reported.
-    - Monte Carlo over the posterior: $f^\\star_k(x)$ and $E[\\Phi_{k-1}(X'_{k-1}) \\mid X_k = x]$ average the same
-      `num_posterior` draws of $X_0 \\mid X_k = x$ (`sample_posterior`), with a control variate that makes them
-      exact for affine $f_{k-1}$ and $\\Phi_{k-1}$ (see `stage_error_terms`). Their noise biases $e_k$, $d_k$
+    - Monte Carlo over the posterior: $f^\star_k(x)$ and $E[\Phi_{k-1}(X'_{k-1}) \mid X_k = x]$ average the same
+      `num_posterior` draws of $X_0 \mid X_k = x$ (`sample_posterior`), with a control variate that makes them
+      exact for affine $f_{k-1}$ and $\Phi_{k-1}$ (see `stage_error_terms`). Their noise biases $e_k$, $d_k$
       upwards only.
     - $W_1(f_T(X_T), X_1)$: exact optimal transport (POT) between `num_points` samples of each, reported with its
-      sampling floor $W_1(\\Phi_T(X_T), X_1)$ on the same samples.
+      sampling floor $W_1(\Phi_T(X_T), X_1)$ on the same samples.
 
     **Cost.** Per point and stage: `num_posterior` + 3 flow solves (one vmapped solve) and `num_posterior` + 2
     stage-function evaluations plus one JVP; all from one compiled function (vmapped over points, the stage
     index traced) called once per stage. With Diffrax, $T = 64$, $d = 2$, 500 points and 16 posterior draws
-    this is about $6 \\times 10^5$ flow solves; a Gaussian target costs next to nothing.
+    this is about $6 \times 10^5$ flow solves; a Gaussian target costs next to nothing.
 
     **Arguments:**
 
@@ -308,7 +308,7 @@ def staged_error_decomposition(
     - `num_posterior`: posterior draws per point.
     - `key`: randomness for all samples.
     - `rtol`, `atol`: tolerances of the Diffrax flow solves.
-    - `stages`: stage numbers $k \\in [2, T]$ to measure (default: all); $T$ is always added, for $\\xi_T$ and
+    - `stages`: stage numbers $k \in [2, T]$ to measure (default: all); $T$ is always added, for $\xi_T$ and
       $W_1$. `check()` needs all.
 
     **Returns:** an `ErrorDecomposition`.

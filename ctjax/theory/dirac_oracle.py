@@ -14,17 +14,17 @@ from .gaussian_oracle import check_grid
 
 
 class DiracStagedCT(eqx.Module):
-    """The exact staged-CT minimisers for $p_{data} = \\sum_i \\pi_i \\delta_{p_i}$ with coupled noise:
-    $f^\\star_1 = \\mathrm{id}$ and
+    r"""The exact staged-CT minimisers for $p_{data} = \sum_i \pi_i \delta_{p_i}$ with coupled noise:
+    $f^\star_1 = \mathrm{id}$ and
 
-    $f^\\star_k(x) = E[f^\\star_{k-1}(r_k x + b_k X_0) \\mid X_k = x]
-    = \\sum_i w_i(x) f^\\star_{k-1}(r_k x + b_k p_i)$,
+    $f^\star_k(x) = E[f^\star_{k-1}(r_k x + b_k X_0) \mid X_k = x]
+    = \sum_i w_i(x) f^\star_{k-1}(r_k x + b_k p_i)$,
 
     with $w_i$ the posterior weights at $(a_k, s_k)$, $r_k = s_{k-1}/s_k$, $b_k = a_{k-1} - a_k r_k$.
 
-    Evaluated by nested recursion (unrolled at trace time, with nested vmaps): one evaluation of $f^\\star_k$
+    Evaluated by nested recursion (unrolled at trace time, with nested vmaps): one evaluation of $f^\star_k$
     sums $N^{k-1}$ terms, so work and memory per point grow as $N^{k-1} d$. It is ground truth for small
-    problems ($T \\lesssim 6$, $N \\lesssim 10$); theory.md 7.6 quotes the cruder $N^k$.
+    problems ($T \lesssim 6$, $N \lesssim 10$); theory.md 7.6 quotes the cruder $N^k$.
     Per example (`x` of shape `(dim,)`); jit-able and vmap-able over `x`. Build it with `dirac_staged_ct`.
     """
 
@@ -49,13 +49,13 @@ class DiracStagedCT(eqx.Module):
         return weights @ values
 
     def stage(self, k: int) -> Callable[[ArrayLike], Float[Array, " dim"]]:
-        """The function $x \\mapsto f^\\star_k(x)$, for $1 \\le k \\le T$."""
+        r"""The function $x \mapsto f^\star_k(x)$, for $1 \le k \le T$."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_stages:
             raise ValueError(f"The stage must be an integer in [1, {self.num_stages}], got {k!r}.")
         return lambda x: _evaluate(self, k, check_point(x, self.target.dim))
 
     def __call__(self, x: ArrayLike) -> Float[Array, " dim"]:
-        """$f^\\star_T(x)$, the one-step generator of exact staged CT, for one point `x`."""
+        r"""$f^\star_T(x)$, the one-step generator of exact staged CT, for one point `x`."""
         return self.stage(self.num_stages)(x)
 
 
@@ -68,13 +68,13 @@ def _evaluate(oracle: DiracStagedCT, k: int, x: Array) -> Array:
 def dirac_staged_ct(
     target: Empirical, alphas: ArrayLike, sigmas: ArrayLike, *, max_evaluations: int = 10**8
 ) -> DiracStagedCT:
-    """The exact staged-CT minimisers for an `Empirical` target on a stage grid.
+    r"""The exact staged-CT minimisers for an `Empirical` target on a stage grid.
 
     **Arguments:**
 
     - `target`: an `Empirical` with $N$ points.
     - `alphas`, `sigmas`: shape `(T,)`, the coefficients at the stage times (`stage_grid`).
-    - `max_evaluations`: refuse grids whose cost per point, the $N^{T-1}$ terms of $f^\\star_T$, exceeds this.
+    - `max_evaluations`: refuse grids whose cost per point, the $N^{T-1}$ terms of $f^\star_T$, exceeds this.
     """
     if not isinstance(target, Empirical):
         raise TypeError(f"`target` must be a ctjax.Empirical, got {type(target).__name__}.")

@@ -1,7 +1,7 @@
-"""Exact staged consistency training for a Gaussian target (theory.md sections 7.3 and 7.6).
+r"""Exact staged consistency training for a Gaussian target (theory.md sections 7.3 and 7.6).
 
-With $X_0 \\sim N(\\mu, \\Sigma)$, $\\Sigma = U \\mathrm{diag}(\\lambda) U^\\top$, and $f_1 = \\mathrm{id}$, every exact
-stage minimiser $f^\\star_k$ is affine and diagonal in $U$, so the whole recursion is a cumulative product
+With $X_0 \sim N(\mu, \Sigma)$, $\Sigma = U \mathrm{diag}(\lambda) U^\top$, and $f_1 = \mathrm{id}$, every exact
+stage minimiser $f^\star_k$ is affine and diagonal in $U$, so the whole recursion is a cumulative product
 and a cumulative sum over a `(T, d)` array.
 """
 
@@ -16,13 +16,13 @@ from .._targets import Gaussian
 
 
 def stage_grid(schedule: AbstractSchedule, times: ArrayLike | None = None) -> tuple[Array, Array]:
-    """The coefficients $(\\alpha(t_k), \\sigma(t_k))_{k=1}^T$ of a stage grid $t_1 < \\dots < t_T$.
+    r"""The coefficients $(\alpha(t_k), \sigma(t_k))_{k=1}^T$ of a stage grid $t_1 < \dots < t_T$.
 
     **Arguments:**
 
     - `schedule`: any ctjax schedule.
     - `times`: shape `(T,)`, strictly increasing, inside `[t_min, t_max]`. Optional for `DiscreteVP`,
-      whose stages are its grid $t = 1, \\dots, T$ (`stage_times()`); required for every other schedule.
+      whose stages are its grid $t = 1, \dots, T$ (`stage_times()`); required for every other schedule.
 
     **Returns:** `(alphas, sigmas)`, each of shape `(T,)`.
     """
@@ -118,23 +118,23 @@ def _ddim(lam: np.ndarray, a: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def ddim_factors(eigvals: ArrayLike, alphas: ArrayLike, sigmas: ArrayLike) -> Float[np.ndarray, "T-1 dim"]:
-    """Per stage $k = 2..T$ (rows) and eigen-direction $i$ (columns), the factor of one exact-denoiser
+    r"""Per stage $k = 2..T$ (rows) and eigen-direction $i$ (columns), the factor of one exact-denoiser
     DDIM step, which is the linear part of the stage minimiser with an identity teacher:
 
-    $M_{k,i} = r_k + b_k a_k \\lambda_i / (a_k^2\\lambda_i + s_k^2)
-    = (s_{k-1}s_k + a_{k-1}a_k\\lambda_i) / (a_k^2\\lambda_i + s_k^2)$.
+    $M_{k,i} = r_k + b_k a_k \lambda_i / (a_k^2\lambda_i + s_k^2)
+    = (s_{k-1}s_k + a_{k-1}a_k\lambda_i) / (a_k^2\lambda_i + s_k^2)$.
 
     By Cauchy-Schwarz it is at most the exact factor (`exact_factors`), with equality iff
-    $\\lambda_i (a_{k-1}s_k - a_k s_{k-1})^2 = 0$ (theory.md 8.7). Host-side float64.
+    $\lambda_i (a_{k-1}s_k - a_k s_{k-1})^2 = 0$ (theory.md 8.7). Host-side float64.
     """
     a, s = host_grid(alphas, sigmas, "ddim_factors")
     return _ddim(host_array(eigvals, "eigvals", "ddim_factors").reshape(-1), a, s)
 
 
 def exact_factors(eigvals: ArrayLike, alphas: ArrayLike, sigmas: ArrayLike) -> Float[np.ndarray, "T-1 dim"]:
-    """Per stage $k = 2..T$ and eigen-direction $i$, the factor of the exact flow map
-    $\\Phi_{t_k \\to t_{k-1}}$: $\\sqrt{(a_{k-1}^2\\lambda_i + s_{k-1}^2)/(a_k^2\\lambda_i + s_k^2)}$.
-    Their product over stages is $\\rho^{ex}_i$. Host-side float64."""
+    r"""Per stage $k = 2..T$ and eigen-direction $i$, the factor of the exact flow map
+    $\Phi_{t_k \to t_{k-1}}$: $\sqrt{(a_{k-1}^2\lambda_i + s_{k-1}^2)/(a_k^2\lambda_i + s_k^2)}$.
+    Their product over stages is $\rho^{ex}_i$. Host-side float64."""
     a, s = host_grid(alphas, sigmas, "exact_factors")
     lam = host_array(eigvals, "eigvals", "exact_factors").reshape(-1)
     var = a[:, None] ** 2 * lam[None, :] + s[:, None] ** 2
@@ -142,17 +142,17 @@ def exact_factors(eigvals: ArrayLike, alphas: ArrayLike, sigmas: ArrayLike) -> F
 
 
 class GaussianStagedCT(eqx.Module):
-    """The exact staged-CT minimisers $f^\\star_1 = \\mathrm{id}, f^\\star_2, \\dots, f^\\star_T$ for
-    $N(\\mu, \\Sigma)$ data (theory.md 7.6), all in the eigenbasis $U$ of $\\Sigma$:
+    r"""The exact staged-CT minimisers $f^\star_1 = \mathrm{id}, f^\star_2, \dots, f^\star_T$ for
+    $N(\mu, \Sigma)$ data (theory.md 7.6), all in the eigenbasis $U$ of $\Sigma$:
 
-    $f^\\star_k(x) = A_k x + c_k$, $A_k = A_{k-1} M_k$, $c_k = A_{k-1} m_k + c_{k-1}$, with
-    $M_k = r_k I + b_k a_k \\Sigma C_k^{-1}$, $m_k = b_k s_k^2 C_k^{-1}\\mu$, $C_k = a_k^2\\Sigma + s_k^2 I$.
+    $f^\star_k(x) = A_k x + c_k$, $A_k = A_{k-1} M_k$, $c_k = A_{k-1} m_k + c_{k-1}$, with
+    $M_k = r_k I + b_k a_k \Sigma C_k^{-1}$, $m_k = b_k s_k^2 C_k^{-1}\mu$, $C_k = a_k^2\Sigma + s_k^2 I$.
 
     Build it with `staged_ct_gaussian`. A host-side oracle: its arrays are float64 NumPy arrays, whatever
     JAX's precision setting, and its methods return NumPy values (except `__call__`, which is JAX, for
     comparisons inside jit). Arrays indexed by stage have `T` rows, row `k - 1` for stage `k`; row 0 is stage 1
     (the identity: factor 1, offset 0, loss floor 0). Factors and offsets are in the eigenbasis:
-    $A_k = U \\mathrm{diag}(\\texttt{factors[k-1]}) U^\\top$, $c_k = U\\,\\texttt{offsets[k-1]}$.
+    $A_k = U \mathrm{diag}(\texttt{factors[k-1]}) U^\top$, $c_k = U\,\texttt{offsets[k-1]}$.
     """
 
     loc: Float[np.ndarray, " dim"]
@@ -174,14 +174,14 @@ class GaussianStagedCT(eqx.Module):
 
     @property
     def rho_exact(self) -> Float[np.ndarray, " dim"]:
-        """Factors of the exact flow $\\Phi_{t_T \\to t_1}$:
-        $\\rho^{ex}_i = \\sqrt{(a_1^2\\lambda_i + s_1^2)/(a_T^2\\lambda_i + s_T^2)}$."""
+        r"""Factors of the exact flow $\Phi_{t_T \to t_1}$:
+        $\rho^{ex}_i = \sqrt{(a_1^2\lambda_i + s_1^2)/(a_T^2\lambda_i + s_T^2)}$."""
         return np.sqrt(self._marginal_var(0) / self._marginal_var(-1))
 
     @property
     def rho_ct(self) -> Float[np.ndarray, " dim"]:
-        """Factors of the CT fixed point $f^\\star_T$ (the diagonal of $A_T$):
-        $\\rho^{CT}_i = \\prod_{k=2}^T M_{k,i}$."""
+        r"""Factors of the CT fixed point $f^\star_T$ (the diagonal of $A_T$):
+        $\rho^{CT}_i = \prod_{k=2}^T M_{k,i}$."""
         return self.factors[-1]
 
     def _marginal_var(self, row: int) -> np.ndarray:
@@ -196,13 +196,13 @@ class GaussianStagedCT(eqx.Module):
         return (self.eigvecs * diag[None, :]) @ self.eigvecs.T
 
     def stage_map(self, k: int) -> tuple[Float[np.ndarray, "dim dim"], Float[np.ndarray, " dim"]]:
-        """$(A_k, c_k)$ of $f^\\star_k(x) = A_k x + c_k$, in the original coordinates."""
+        r"""$(A_k, c_k)$ of $f^\star_k(x) = A_k x + c_k$, in the original coordinates."""
         k = self._check_stage(k)
         return self._to_matrix(self.factors[k - 1]), self.eigvecs @ self.offsets[k - 1]
 
     def stage_minimiser(self, k: int) -> tuple[Float[np.ndarray, "dim dim"], Float[np.ndarray, " dim"]]:
-        """$(M_k, m_k)$, $k \\ge 2$: for any affine teacher $f_{k-1}(y) = Ay + c$ the stage-$k$ minimiser is
-        $x \\mapsto A M_k x + A m_k + c$ (original coordinates)."""
+        r"""$(M_k, m_k)$, $k \ge 2$: for any affine teacher $f_{k-1}(y) = Ay + c$ the stage-$k$ minimiser is
+        $x \mapsto A M_k x + A m_k + c$ (original coordinates)."""
         k = self._check_stage(k, lowest=2)
         M, m, _, _ = _stage_terms(
             self.eigvals, self.eigvecs.T @ self.loc, self.alphas[k - 2 : k], self.sigmas[k - 2 : k]
@@ -210,7 +210,7 @@ class GaussianStagedCT(eqx.Module):
         return self._to_matrix(M[0]), self.eigvecs @ m[0]
 
     def __call__(self, x: ArrayLike, stage: int | None = None) -> Float[Array, " dim"]:
-        """$f^\\star_k(x)$ for one point `x` of shape `(dim,)` (JAX; jit- and vmap-able in `x`); `stage`
+        r"""$f^\star_k(x)$ for one point `x` of shape `(dim,)` (JAX; jit- and vmap-able in `x`); `stage`
         defaults to $T$."""
         k = self.num_stages if stage is None else self._check_stage(stage)
         x = check_point(x, self.dim)
@@ -220,21 +220,21 @@ class GaussianStagedCT(eqx.Module):
         return vecs @ (factor * (vecs.T @ x) + offset)
 
     def variance_trace(self, k: int) -> float:
-        """$\\mathrm{tr}\\,\\mathrm{Cov}(f^\\star_k(X_k)) = \\sum_i A_{k,i}^2 (a_k^2\\lambda_i + s_k^2)$; stage 1 gives
-        $\\mathrm{tr}\\,\\mathrm{Cov}(X_1)$, and $\\mathrm{tr}\\,\\mathrm{Cov}(X_1) - \\mathrm{tr}\\,\\mathrm{Cov}(f^\\star_T(X_T))
-        = \\sum_k L^\\star_k$ (theory.md 8.6)."""
+        r"""$\mathrm{tr}\,\mathrm{Cov}(f^\star_k(X_k)) = \sum_i A_{k,i}^2 (a_k^2\lambda_i + s_k^2)$; stage 1 gives
+        $\mathrm{tr}\,\mathrm{Cov}(X_1)$, and $\mathrm{tr}\,\mathrm{Cov}(X_1) - \mathrm{tr}\,\mathrm{Cov}(f^\star_T(X_T))
+        = \sum_k L^\star_k$ (theory.md 8.6)."""
         k = self._check_stage(k)
         return float(np.sum(self.factors[k - 1] ** 2 * self._marginal_var(k - 1)))
 
     def mean_error(self) -> Float[np.ndarray, " dim"]:
-        """$E f^\\star_T(X_T) - E X_1 = A_T a_T \\mu + c_T - a_1\\mu$: zero up to rounding (theory.md 8.5)."""
+        r"""$E f^\star_T(X_T) - E X_1 = A_T a_T \mu + c_T - a_1\mu$: zero up to rounding (theory.md 8.5)."""
         mu = self.eigvecs.T @ self.loc
         err = self.factors[-1] * (self.alphas[-1] * mu) + self.offsets[-1] - self.alphas[0] * mu
         return self.eigvecs @ err
 
     def w2(self) -> float:
-        """$W_2(f^\\star_T(X_T), X_1)$ with $X_T$ from the forward process:
-        $\\big(\\sum_i (\\rho^{ex}_i - \\rho^{CT}_i)^2 (a_T^2\\lambda_i + s_T^2) + \\|\\text{mean error}\\|^2\\big)^{1/2}$.
+        r"""$W_2(f^\star_T(X_T), X_1)$ with $X_T$ from the forward process:
+        $\big(\sum_i (\rho^{ex}_i - \rho^{CT}_i)^2 (a_T^2\lambda_i + s_T^2) + \|\text{mean error}\|^2\big)^{1/2}$.
 
         Both laws are Gaussian with covariances diagonal in $U$, so this is the Bures formula
         without its cancellation."""
@@ -242,8 +242,8 @@ class GaussianStagedCT(eqx.Module):
         return float(np.sqrt(np.sum(spread) + np.sum(self.mean_error() ** 2)))
 
     def w2_from_standard_normal(self) -> float:
-        """$W_2(f^\\star_T(Z), X_1)$ with $Z \\sim N(0, I)$, the one-step sampler's input:
-        $f^\\star_T(Z) \\sim N(c_T, A_T A_T^\\top)$ against $X_1 \\sim N(a_1\\mu, C_1)$, by the Bures formula
+        r"""$W_2(f^\star_T(Z), X_1)$ with $Z \sim N(0, I)$, the one-step sampler's input:
+        $f^\star_T(Z) \sim N(c_T, A_T A_T^\top)$ against $X_1 \sim N(a_1\mu, C_1)$, by the Bures formula
         (diagonal in $U$)."""
         mu = self.eigvecs.T @ self.loc
         spread = (np.abs(self.factors[-1]) - np.sqrt(self._marginal_var(0))) ** 2
@@ -252,7 +252,7 @@ class GaussianStagedCT(eqx.Module):
 
 
 def staged_ct_gaussian(target: Gaussian, alphas: ArrayLike, sigmas: ArrayLike) -> GaussianStagedCT:
-    """The exact staged-CT minimisers with coupled noise for a Gaussian target on a stage grid.
+    r"""The exact staged-CT minimisers with coupled noise for a Gaussian target on a stage grid.
 
     **Arguments:**
 
@@ -260,11 +260,11 @@ def staged_ct_gaussian(target: Gaussian, alphas: ArrayLike, sigmas: ArrayLike) -
     - `alphas`, `sigmas`: shape `(T,)`, the coefficients $a_k, s_k$ at the stage times
       (`stage_grid(schedule, times)`).
 
-    **Returns:** a `GaussianStagedCT`. Host-side NumPy in float64: with many stages $1 - \\rho$ is of order
+    **Returns:** a `GaussianStagedCT`. Host-side NumPy in float64: with many stages $1 - \rho$ is of order
     $10^{-4}$, comparable to float32 rounding accumulated over $T$ factors. Cost $O(Td)$ after the target's
     eigendecomposition: cumulative products and sums over a `(T, d)` array, taken in cache-sized blocks of
     stages; $T = 2^{14}$, $d = 1024$ takes about two seconds. For exact figures pass a grid computed in
-    float64 (`jax_enable_x64`): a float32 grid already rounds $b_k = O(\\beta_k)$.
+    float64 (`jax_enable_x64`): a float32 grid already rounds $b_k = O(\beta_k)$.
     """
     what = "staged_ct_gaussian"
     lam, vecs = host_eigh(target, what)
@@ -294,9 +294,9 @@ def staged_ct_gaussian(target: Gaussian, alphas: ArrayLike, sigmas: ArrayLike) -
 
 
 def _stage_terms(lam: np.ndarray, mu: np.ndarray, a: np.ndarray, s: np.ndarray):
-    """For the stages k = 2..len(a) of the grid piece (a, s), in the eigenbasis: the minimiser factors
-    $M_k$, offsets $m_k = b_k s_k^2 C_k^{-1}\\mu$, the posterior variances $\\lambda s_k^2 / C_k$ of
-    $\\mathrm{Cov}(X_0 \\mid X_k)$, and $b_k$."""
+    r"""For the stages k = 2..len(a) of the grid piece (a, s), in the eigenbasis: the minimiser factors
+    $M_k$, offsets $m_k = b_k s_k^2 C_k^{-1}\mu$, the posterior variances $\lambda s_k^2 / C_k$ of
+    $\mathrm{Cov}(X_0 \mid X_k)$, and $b_k$."""
     b = (a[:-1] * s[1:] - a[1:] * s[:-1]) / s[1:]  # b_k = a_{k-1} - a_k s_{k-1}/s_k
     var = a[1:, None] ** 2 * lam[None, :] + s[1:, None] ** 2  # C_k
     inv = 1.0 / var
@@ -306,7 +306,7 @@ def _stage_terms(lam: np.ndarray, mu: np.ndarray, a: np.ndarray, s: np.ndarray):
 
 
 def staged_ct_gaussian_w2(target: Gaussian, schedule: AbstractSchedule, times: ArrayLike | None = None) -> float:
-    """Exact $W_2(f^\\star_T(X_T), X_1)$ of staged consistency training with exact minimisers, for a Gaussian
+    r"""Exact $W_2(f^\star_T(X_T), X_1)$ of staged consistency training with exact minimisers, for a Gaussian
     target on the schedule's stage grid (see `stage_grid`; `DiscreteVP` needs no `times`). Host-side float."""
     alphas, sigmas = stage_grid(schedule, times)
     return staged_ct_gaussian(target, alphas, sigmas).w2()

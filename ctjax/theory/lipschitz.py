@@ -19,10 +19,10 @@ from .gaussian_oracle import host_eigh
 def gaussian_flow_map_lipschitz(
     target: Gaussian, schedule: AbstractSchedule, t_from: ArrayLike, t_to: ArrayLike
 ) -> float:
-    """The exact Lipschitz constant of the probability-flow map $\\Phi_{t \\to u}$ of $N(\\mu, \\Sigma)$ data
+    r"""The exact Lipschitz constant of the probability-flow map $\Phi_{t \to u}$ of $N(\mu, \Sigma)$ data
     (theory.md 7.3): the map is affine with linear part $C_u^{1/2} C_t^{-1/2}$, diagonal in the eigenbasis of
-    $\\Sigma$, so its constant is $\\max_i \\rho_i$,
-    $\\rho_i = \\sqrt{(\\alpha_u^2\\lambda_i + \\sigma_u^2)/(\\alpha_t^2\\lambda_i + \\sigma_t^2)}$.
+    $\Sigma$, so its constant is $\max_i \rho_i$,
+    $\rho_i = \sqrt{(\alpha_u^2\lambda_i + \sigma_u^2)/(\alpha_t^2\lambda_i + \sigma_t^2)}$.
 
     **Arguments:**
 
@@ -49,7 +49,7 @@ def _coefficients(schedule, t, u):
 
 
 def _top_singular_value(fn: Callable, x: Array, key: PRNGKeyArray, num_iterations: int) -> Array:
-    """$\\|J_{fn}(x)\\|_2$ by power iteration on $J^\\top J$: one linearisation of `fn` at `x` (one evaluation;
+    r"""$\|J_{fn}(x)\|_2$ by power iteration on $J^\top J$: one linearisation of `fn` at `x` (one evaluation;
     its transpose is the VJP), then one JVP and one VJP per iteration; $J$ is never formed."""
     _, jvp_fn = jax.linearize(fn, x)
     vjp_fn = jax.linear_transpose(jvp_fn, x)
@@ -96,8 +96,8 @@ def _check_estimate_args(fn, points, num_iterations) -> tuple[Array, int]:
 def jacobian_spectral_norms(
     fn: Callable[[Array], Array], points: ArrayLike, *, num_iterations: int = 20, key: PRNGKeyArray
 ) -> Float[Array, " n"]:
-    """The spectral norm $\\|J_{fn}(x)\\|_2$ of the Jacobian of `fn` at each of the `points`, by power
-    iteration on $J^\\top J$ with `jax.linearize` (JVPs) and `jax.vjp`, never forming $J$.
+    r"""The spectral norm $\|J_{fn}(x)\|_2$ of the Jacobian of `fn` at each of the `points`, by power
+    iteration on $J^\top J$ with `jax.linearize` (JVPs) and `jax.vjp`, never forming $J$.
 
     After $m$ iterations from a random start the relative error is of order $(s_2/s_1)^{4m}$, with $s_1 > s_2$
     the two largest singular values; the estimate never exceeds the true norm (up to rounding).
@@ -121,11 +121,11 @@ def jacobian_spectral_norms(
 def lipschitz_estimate(
     fn: Callable[[Array], Array], points: ArrayLike, *, num_iterations: int = 20, key: PRNGKeyArray
 ) -> float:
-    """A lower estimate of the Lipschitz constant of `fn`: the largest Jacobian spectral norm
-    $\\max_j \\|J_{fn}(x_j)\\|_2$ over the sample `points` (see `jacobian_spectral_norms`, which it maximises).
+    r"""A lower estimate of the Lipschitz constant of `fn`: the largest Jacobian spectral norm
+    $\max_j \|J_{fn}(x_j)\|_2$ over the sample `points` (see `jacobian_spectral_norms`, which it maximises).
 
     For an affine map (a Gaussian flow map) every point gives the constant itself; otherwise it is a lower
-    bound on $\\sup_x \\|J_{fn}(x)\\|_2$ that grows with the sample. Host-side: returns a Python float.
+    bound on $\sup_x \|J_{fn}(x)\|_2$ that grows with the sample. Host-side: returns a Python float.
 
     **Arguments:** as `jacobian_spectral_norms`.
     """

@@ -43,11 +43,11 @@ def stop_gradient_model(model):
 
 
 class ConsistencyTrainer(AbstractTrainer):
-    """Discrete-time consistency training (CT, iCT) and distillation (CD).
+    r"""Discrete-time consistency training (CT, iCT) and distillation (CD).
 
-    Each step draws an interval $i$ of an $N(k)$-point grid, builds $x_{t_{i+1}} = \\alpha x_0 + \\sigma z$
+    Each step draws an interval $i$ of an $N(k)$-point grid, builds $x_{t_{i+1}} = \alpha x_0 + \sigma z$
     and the teacher's point $x_{t_i}$ (coupled noise for CT, an ODE step for CD), and minimises
-    $\\lambda(t_i)\\, d(f_\\theta(t_{i+1}, x_{t_{i+1}}), f_{\\theta^-}(t_i, x_{t_i}))$. Student and teacher
+    $\lambda(t_i)\, d(f_\theta(t_{i+1}, x_{t_{i+1}}), f_{\theta^-}(t_i, x_{t_i}))$. Student and teacher
     share the dropout key of each example. Use the presets `ct`, `ict` and `cd`.
 
     **Arguments:**
@@ -111,7 +111,7 @@ class ConsistencyTrainer(AbstractTrainer):
         )
 
     def loss(self, model, teacher, batch: Array, step: Array, key: PRNGKeyArray) -> tuple[Array, dict[str, Array]]:
-        """The mean loss over `batch` of shape `(B, dim)`; `teacher=None` means $\\mathrm{sg}(\\theta)$."""
+        r"""The mean loss over `batch` of shape `(B, dim)`; `teacher=None` means $\mathrm{sg}(\theta)$."""
         schedule = model.schedule
         num_batch, dtype = batch.shape[0], batch.dtype
         num = self.curriculum.num_scales(step)
@@ -177,9 +177,9 @@ def ct(
     grid: AbstractGrid | None = None,
     ema_rate: float | None = 0.999,
 ) -> ConsistencyTrainer:
-    """Song et al. (2023)'s consistency training: the $\\sqrt{\\cdot}$ curriculum $N(k)$ from $s_0$
-    to $s_1 + 1$, an EMA teacher with $\\mu(k) = \\exp(s_0 \\log\\mu_0 / N(k))$, uniform intervals,
-    $\\lambda \\equiv 1$, and $\\ell_2^2$ (the paper's LPIPS has no meaning off images)."""
+    r"""Song et al. (2023)'s consistency training: the $\sqrt{\cdot}$ curriculum $N(k)$ from $s_0$
+    to $s_1 + 1$, an EMA teacher with $\mu(k) = \exp(s_0 \log\mu_0 / N(k))$, uniform intervals,
+    $\lambda \equiv 1$, and $\ell_2^2$ (the paper's LPIPS has no meaning off images)."""
     return ConsistencyTrainer(
         optimizer,
         SqrtCurriculum(s0, s1, total_steps),
@@ -204,9 +204,9 @@ def ict(
     grid: AbstractGrid | None = None,
     ema_rate: float | None = 0.999,
 ) -> ConsistencyTrainer:
-    """Song and Dhariwal (2023)'s improved consistency training: stop-gradient teacher, the
-    doubling curriculum, discretised log-normal interval sampling, $\\lambda = 1/(\\sigma_{i+1} - \\sigma_i)$,
-    and pseudo-Huber with $c = 0.00054\\sqrt{d}$ (or `huber_c`)."""
+    r"""Song and Dhariwal (2023)'s improved consistency training: stop-gradient teacher, the
+    doubling curriculum, discretised log-normal interval sampling, $\lambda = 1/(\sigma_{i+1} - \sigma_i)$,
+    and pseudo-Huber with $c = 0.00054\sqrt{d}$ (or `huber_c`)."""
     return ConsistencyTrainer(
         optimizer,
         DoublingCurriculum(s0, s1, total_steps),
@@ -230,8 +230,8 @@ def cd(
     grid: AbstractGrid | None = None,
     ema_rate: float | None = 0.999,
 ) -> ConsistencyTrainer:
-    """Song et al. (2023)'s consistency distillation: a fixed $N$-point grid, an EMA teacher with
-    rate $\\mu$, and the teacher's point from one Euler or Heun step of `velocity(t, x)`
+    r"""Song et al. (2023)'s consistency distillation: a fixed $N$-point grid, an EMA teacher with
+    rate $\mu$, and the teacher's point from one Euler or Heun step of `velocity(t, x)`
     (`ExactVelocity(target, schedule)` for a perfect score)."""
     return ConsistencyTrainer(
         optimizer,

@@ -1,16 +1,16 @@
-"""Continuous-time consistency training and distillation, sCT and sCD (Lu and Song 2024), with
+r"""Continuous-time consistency training and distillation, sCT and sCD (Lu and Song 2024), with
 the TrigFlow parametrization.
 
-With $x_t = \\cos t\\, x_0 + \\sin t\\, z$, $z \\sim N(0, \\sigma_d^2 I)$, and
-$f_\\theta(t, x) = \\cos t\\, x - \\sin t\\, \\sigma_d F_\\theta(x/\\sigma_d, t)$, the time derivative of the
+With $x_t = \cos t\, x_0 + \sin t\, z$, $z \sim N(0, \sigma_d^2 I)$, and
+$f_\theta(t, x) = \cos t\, x - \sin t\, \sigma_d F_\theta(x/\sigma_d, t)$, the time derivative of the
 stop-gradient consistency function along a trajectory with velocity $dx_t/dt$ is
 
-$\\cos t\\, \\tfrac{d f^-}{dt} = -\\cos^2 t\\,(\\sigma_d F^- - \\tfrac{dx_t}{dt}) - \\cos t \\sin t\\,(x_t + \\sigma_d \\tfrac{dF^-}{dt})$,
+$\cos t\, \tfrac{d f^-}{dt} = -\cos^2 t\,(\sigma_d F^- - \tfrac{dx_t}{dt}) - \cos t \sin t\,(x_t + \sigma_d \tfrac{dF^-}{dt})$,
 
-with $\\tfrac{dF^-}{dt} = \\nabla_x F^- \\cdot \\tfrac{dx_t}{dt}/\\sigma_d + \\partial_t F^-$ from one `jax.jvp`. sCM
-minimises $E[e^{w(t)}/D\\, \\|F_\\theta - F_\\theta^- - g\\|^2 - w(t)]$ where $g$ is that quantity with the
+with $\tfrac{dF^-}{dt} = \nabla_x F^- \cdot \tfrac{dx_t}{dt}/\sigma_d + \partial_t F^-$ from one `jax.jvp`. sCM
+minimises $E[e^{w(t)}/D\, \|F_\theta - F_\theta^- - g\|^2 - w(t)]$ where $g$ is that quantity with the
 second term scaled by the warm-up ratio $r$ and then normalised; its gradient is
-$-2 E[e^w/D\\, g^\\top \\nabla_\\theta F_\\theta]$, the continuous-time limit of consistency training.
+$-2 E[e^w/D\, g^\top \nabla_\theta F_\theta]$, the continuous-time limit of consistency training.
 """
 
 from collections.abc import Callable
@@ -42,8 +42,8 @@ _NORMALISATIONS = ("normalise", "clip", "none")
 
 
 def check_trigflow_model(model: Any) -> None:
-    """Raise a TypeError/ValueError unless `model` is a `ConsistencyFunction` with `TrigFlowScalings`
-    on a `TrigFlow` schedule with the same $\\sigma_d$."""
+    r"""Raise a TypeError/ValueError unless `model` is a `ConsistencyFunction` with `TrigFlowScalings`
+    on a `TrigFlow` schedule with the same $\sigma_d$."""
     if not isinstance(model, ConsistencyFunction):
         raise TypeError(
             f"sCM needs a ctjax.ConsistencyFunction with TrigFlowScalings on a TrigFlow schedule, got {type(model).__name__}."
@@ -63,7 +63,7 @@ def check_trigflow_model(model: Any) -> None:
 
 
 def trigflow_sigma_data(model: ConsistencyFunction) -> Any:
-    """$\\sigma_d$ of a TrigFlow consistency function (checked by `check_trigflow_model`)."""
+    r"""$\sigma_d$ of a TrigFlow consistency function (checked by `check_trigflow_model`)."""
     check_trigflow_model(model)
     scalings = model.scalings
     assert isinstance(scalings, TrigFlowScalings)
@@ -71,9 +71,9 @@ def trigflow_sigma_data(model: ConsistencyFunction) -> Any:
 
 
 def check_trigflow_velocity(velocity: Any, sigma_data: Any) -> None:
-    """Raise a ValueError where a teacher velocity visibly belongs to another interpolant: an
+    r"""Raise a ValueError where a teacher velocity visibly belongs to another interpolant: an
     `ExactVelocity` on a schedule other than `TrigFlow(sigma_data)`, or a `LearnedVelocity` with
-    another $\\sigma_d$ (its times would mean other noise levels)."""
+    another $\sigma_d$ (its times would mean other noise levels)."""
     if not callable(velocity):
         raise TypeError(f"`velocity` must be a callable (t, x) -> dx/dt, got {type(velocity).__name__}.")
     schedule = getattr(velocity, "schedule", None)
@@ -95,8 +95,8 @@ def check_trigflow_velocity(velocity: Any, sigma_data: Any) -> None:
 def trigflow_draw(
     model: ConsistencyFunction, batch: Array, key: PRNGKeyArray, p_mean: float, p_std: float
 ) -> tuple[Array, Array, Array, Array]:
-    """One batch of sCM's training draw: log-normal times `t` (`lognormal_times`), points
-    $x_t = \\cos t\\, x_0 + \\sin t\\, z$ with their conditional velocities (`conditional_path`), and one
+    r"""One batch of sCM's training draw: log-normal times `t` (`lognormal_times`), points
+    $x_t = \cos t\, x_0 + \sin t\, z$ with their conditional velocities (`conditional_path`), and one
     dropout key per example."""
     num_batch, dtype = batch.shape[0], batch.dtype
     k_time, k_noise, k_drop = jr.split(key, 3)
@@ -107,9 +107,9 @@ def trigflow_draw(
 
 
 def conditional_path(sigma_data: Any, x0: Array, noise: Array, t: Array) -> tuple[Array, Array]:
-    """$(x_t, \\tfrac{dx_t}{dt})$ with $x_t = \\cos t\\, x_0 + \\sin t\\, z$, $z = \\sigma_d\\,$`noise`
-    ($z \\sim N(0, \\sigma_d^2 I)$ for standard normal `noise`, as `TrigFlow`'s $\\sigma(t) = \\sigma_d \\sin t$),
-    and the conditional velocity $\\cos t\\, z - \\sin t\\, x_0$."""
+    r"""$(x_t, \tfrac{dx_t}{dt})$ with $x_t = \cos t\, x_0 + \sin t\, z$, $z = \sigma_d\,$`noise`
+    ($z \sim N(0, \sigma_d^2 I)$ for standard normal `noise`, as `TrigFlow`'s $\sigma(t) = \sigma_d \sin t$),
+    and the conditional velocity $\cos t\, z - \sin t\, x_0$."""
     dtype = x0.dtype
     t = jnp.asarray(t).astype(dtype)
     z = jnp.asarray(sigma_data, dtype) * noise
@@ -118,7 +118,7 @@ def conditional_path(sigma_data: Any, x0: Array, noise: Array, t: Array) -> tupl
 
 
 def network_output(model: ConsistencyFunction, t: ArrayLike, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-    """The raw network of a TrigFlow consistency function, $F(x/\\sigma_d, c_{noise}(t))$."""
+    r"""The raw network of a TrigFlow consistency function, $F(x/\sigma_d, c_{noise}(t))$."""
     t = jnp.asarray(t).astype(x.dtype)
     _, _, c_in, c_noise = model.scalings(model.schedule, t)
     return model.net(jnp.asarray(c_in).astype(x.dtype) * x, jnp.asarray(c_noise).astype(x.dtype), key=key)
@@ -127,10 +127,10 @@ def network_output(model: ConsistencyFunction, t: ArrayLike, x: Array, *, key: P
 def trigflow_jvp(
     model: ConsistencyFunction, t: ArrayLike, x_t: Array, dx_dt: Array, *, key: PRNGKeyArray | None = None
 ) -> tuple[Array, Array]:
-    """$(F(x_t/\\sigma_d, t),\\ \\cos t \\sin t\\, \\tfrac{dF}{dt})$ by ONE `jax.jvp`, with FastGen's
-    rearranged tangents $(\\cos t \\sin t\\, \\tfrac{dx_t}{dt},\\ \\cos t \\sin t)$ (for $(x_t, t)$; the network
-    sees $x_t/\\sigma_d$, so its input tangent is $\\cos t \\sin t\\, \\tfrac{dx_t}{dt}/\\sigma_d$). The factor
-    $\\cos t \\sin t$ is applied to the (bounded) tangents, never to a possibly huge $dF/dt$.
+    r"""$(F(x_t/\sigma_d, t),\ \cos t \sin t\, \tfrac{dF}{dt})$ by ONE `jax.jvp`, with FastGen's
+    rearranged tangents $(\cos t \sin t\, \tfrac{dx_t}{dt},\ \cos t \sin t)$ (for $(x_t, t)$; the network
+    sees $x_t/\sigma_d$, so its input tangent is $\cos t \sin t\, \tfrac{dx_t}{dt}/\sigma_d$). The factor
+    $\cos t \sin t$ is applied to the (bounded) tangents, never to a possibly huge $dF/dt$.
     Dropout uses `key`, the same mask as any other evaluation with that key."""
     t = jnp.asarray(t).astype(x_t.dtype)
     cs = jnp.cos(t) * jnp.sin(t)
@@ -146,11 +146,11 @@ def trigflow_tangent(
     *,
     key: PRNGKeyArray | None = None,
 ) -> tuple[Array, Array]:
-    """$(F^-, g)$ for the stop-gradient model, with the un-normalised sCM tangent
+    r"""$(F^-, g)$ for the stop-gradient model, with the un-normalised sCM tangent
 
-    $g = -\\cos^2 t\\,(\\sigma_d F^- - \\tfrac{dx_t}{dt}) - r\\,(\\cos t \\sin t\\, x_t + \\sigma_d \\cos t \\sin t\\, \\tfrac{dF^-}{dt})$.
+    $g = -\cos^2 t\,(\sigma_d F^- - \tfrac{dx_t}{dt}) - r\,(\cos t \sin t\, x_t + \sigma_d \cos t \sin t\, \tfrac{dF^-}{dt})$.
 
-    With $r = 1$, $g = \\cos t\\, \\tfrac{d}{dt} f^-(t, x_t)$ along the path with velocity `dx_dt`."""
+    With $r = 1$, $g = \cos t\, \tfrac{d}{dt} f^-(t, x_t)$ along the path with velocity `dx_dt`."""
     model = stop_gradient_model(model)
     dtype = x_t.dtype
     t = jnp.asarray(t).astype(dtype)
@@ -163,7 +163,7 @@ def trigflow_tangent(
 
 
 def normalise_tangent(g: Array, method: str = "normalise", const: ArrayLike = 0.1) -> Array:
-    """sCM's tangent normalisation $g/(\\|g\\| + c)$ (`"normalise"`), clipping to $[-1, 1]$ (`"clip"`), or
+    r"""sCM's tangent normalisation $g/(\|g\| + c)$ (`"normalise"`), clipping to $[-1, 1]$ (`"clip"`), or
     nothing (`"none"`), for one example's tangent."""
     if method == "normalise":
         norm = jnp.sqrt(jnp.sum(g**2))
@@ -176,9 +176,9 @@ def normalise_tangent(g: Array, method: str = "normalise", const: ArrayLike = 0.
 
 
 def adaptive_weighted_loss(residual_sq: ArrayLike, log_weight: ArrayLike) -> Array:
-    """sCM's per-example loss $e^{w}\\, m - w$ for the residual $m = \\|F_\\theta - F_\\theta^- - g\\|^2/D$ and
-    log-weight $w$ (FastGen writes it with $\\mathrm{logvar} = -w$). For fixed $m > 0$ its minimiser over
-    $w$ is $w = -\\log m$ (where $e^w m = 1$); $\\theta$ sees the gradient of $m$ scaled by $e^w$."""
+    r"""sCM's per-example loss $e^{w}\, m - w$ for the residual $m = \|F_\theta - F_\theta^- - g\|^2/D$ and
+    log-weight $w$ (FastGen writes it with $\mathrm{logvar} = -w$). For fixed $m > 0$ its minimiser over
+    $w$ is $w = -\log m$ (where $e^w m = 1$); $\theta$ sees the gradient of $m$ scaled by $e^w$."""
     m, w = jnp.asarray(residual_sq), jnp.asarray(log_weight)
     return jnp.exp(w) * m - w
 
@@ -188,11 +188,11 @@ def adaptive_weighted_loss(residual_sq: ArrayLike, log_weight: ArrayLike) -> Arr
 
 
 class AdaptiveWeighting(eqx.Module):
-    """sCM's learned log-weight $w_\\phi(t)$: random Fourier features of $t$, one hidden SiLU layer,
-    and a scalar output layer that starts at zero (so $w \\equiv 0$ at initialisation).
+    r"""sCM's learned log-weight $w_\phi(t)$: random Fourier features of $t$, one hidden SiLU layer,
+    and a scalar output layer that starts at zero (so $w \equiv 0$ at initialisation).
 
-    Trained jointly with the model on $e^{w}\\, m - w$ for the residual $m$, whose minimiser over
-    $w$ is $-\\log E[m \\mid t]$: $e^{-w}$ tracks the residual's scale per time (FastGen's `logvar` $= -w$).
+    Trained jointly with the model on $e^{w}\, m - w$ for the residual $m$, whose minimiser over
+    $w$ is $-\log E[m \mid t]$: $e^{-w}$ tracks the residual's scale per time (FastGen's `logvar` $= -w$).
     """
 
     embedding: FourierEmbedding
@@ -208,12 +208,12 @@ class AdaptiveWeighting(eqx.Module):
         key: PRNGKeyArray,
         dtype=None,
     ):
-        """**Arguments:**
+        r"""**Arguments:**
 
         - `width`: hidden width.
         - `num_features`: number of Fourier features of $t$ (even).
         - `embedding_scale`: standard deviation of the Fourier frequencies (in cycles per unit of
-          $t \\in [0, \\pi/2]$; 1 gives smooth functions of $t$).
+          $t \in [0, \pi/2]$; 1 gives smooth functions of $t$).
         - `key`: PRNG key of the initial parameters.
         - `dtype`: parameter dtype.
         """
@@ -229,7 +229,7 @@ class AdaptiveWeighting(eqx.Module):
         self.out = zero_layer(out)
 
     def __call__(self, t: ArrayLike) -> Float[Array, ""]:
-        """$w_\\phi(t)$ for a scalar `t`, in the parameters' dtype."""
+        r"""$w_\phi(t)$ for a scalar `t`, in the parameters' dtype."""
         dtype = self.hidden.weight.dtype
         emb = self.embedding(jnp.asarray(t)).astype(dtype)
         return self.out(jax.nn.silu(self.hidden(emb)))
@@ -240,22 +240,22 @@ class AdaptiveWeighting(eqx.Module):
 
 
 class ContinuousConsistencyTrainer(AbstractTrainer):
-    """Continuous-time consistency training (sCT, `velocity=None`) and distillation (sCD) of a
+    r"""Continuous-time consistency training (sCT, `velocity=None`) and distillation (sCD) of a
     TrigFlow `ConsistencyFunction` (Lu and Song 2024). Use the presets `sct` and `scd`.
 
-    Each step draws $t = \\arctan(e^\\tau/\\sigma_d)$, $\\tau \\sim N(P_{mean}, P_{std}^2)$, builds
-    $x_t = \\cos t\\, x_0 + \\sin t\\, z$ and $\\tfrac{dx_t}{dt}$ (the conditional velocity
-    $\\cos t\\, z - \\sin t\\, x_0$ for sCT, the teacher's `velocity(t, x_t)` for sCD), computes the tangent
+    Each step draws $t = \arctan(e^\tau/\sigma_d)$, $\tau \sim N(P_{mean}, P_{std}^2)$, builds
+    $x_t = \cos t\, x_0 + \sin t\, z$ and $\tfrac{dx_t}{dt}$ (the conditional velocity
+    $\cos t\, z - \sin t\, x_0$ for sCT, the teacher's `velocity(t, x_t)` for sCD), computes the tangent
     $g$ of the stop-gradient model by one JVP (`trigflow_tangent`) with warm-up ratio
-    $r = \\min(1, k/K_{warm})$ at step $k$, normalises it, and minimises
+    $r = \min(1, k/K_{warm})$ at step $k$, normalises it, and minimises
 
-    $E\\big[e^{w_\\phi(t)}/D\\, \\|F_\\theta - \\mathrm{sg}(F_\\theta) - g\\|^2 - w_\\phi(t)\\big]$
+    $E\big[e^{w_\phi(t)}/D\, \|F_\theta - \mathrm{sg}(F_\theta) - g\|^2 - w_\phi(t)\big]$
 
-    over $\\theta$ and the adaptive weighting $\\phi$ jointly (one optimiser on the pair). There is no
-    EMA teacher ($F^- = \\mathrm{sg}(F_\\theta)$); `ema_rate` drives only the evaluation EMA. Both
+    over $\theta$ and the adaptive weighting $\phi$ jointly (one optimiser on the pair). There is no
+    EMA teacher ($F^- = \mathrm{sg}(F_\theta)$); `ema_rate` drives only the evaluation EMA. Both
     network evaluations of an example share its dropout key.
 
-    The tangent contains $\\partial_t F$: give the network a time embedding that is smooth in $t$
+    The tangent contains $\partial_t F$: give the network a time embedding that is smooth in $t$
     (e.g. `MLP(..., embedding="sinusoidal")`, sCM's positional embedding). Fourier features of
     scale 16 make $dF/dt$ huge: on the 2-D mixture of `benchmarks/quality_gmm.py`, sCT reached a
     1-step $W_1$ of 28 times the sample floor after 8300 steps with them, 3.4 times after 3000 steps
@@ -272,10 +272,10 @@ class ContinuousConsistencyTrainer(AbstractTrainer):
       `ExactVelocity(target, TrigFlow(sigma_d))`, or `LearnedVelocity` of a flow-matching model.
     - `warmup_steps`: steps over which $r$ rises linearly from 0 to 1 (0: $r = 1$ at once;
       FastGen's default 10 000).
-    - `tangent_normalisation`: `"normalise"` ($g/(\\|g\\| + c)$), `"clip"` (to $[-1, 1]$) or `"none"`.
+    - `tangent_normalisation`: `"normalise"` ($g/(\|g\| + c)$), `"clip"` (to $[-1, 1]$) or `"none"`.
     - `normalisation_const`: $c$ (0.1).
-    - `adaptive_weighting`: learn $w_\\phi(t)$ (True) or use $w = 0$ (False).
-    - `weighting_width`: hidden width (and number of Fourier features) of $w_\\phi$.
+    - `adaptive_weighting`: learn $w_\phi(t)$ (True) or use $w = 0$ (False).
+    - `weighting_width`: hidden width (and number of Fourier features) of $w_\phi$.
     - `p_mean`, `p_std`: the time proposal (sCM CIFAR-10: -1.0, 1.4).
     - `ema_rate`: rate of the evaluation EMA (None: evaluate the trained model itself).
     """
@@ -335,7 +335,7 @@ class ContinuousConsistencyTrainer(AbstractTrainer):
         self.ema_rate = ema_rate
 
     def warmup_ratio(self, step: ArrayLike, dtype=None) -> Array:
-        """$r(k) = \\min(1, k/K_{warm})$: 0 at step 0, 1 from step `warmup_steps` on (traced `step`:
+        r"""$r(k) = \min(1, k/K_{warm})$: 0 at step 0, 1 from step `warmup_steps` on (traced `step`:
         no recompilation as it changes)."""
         dtype = jnp.result_type(float) if dtype is None else dtype
         if self.warmup_steps == 0:
@@ -344,7 +344,7 @@ class ContinuousConsistencyTrainer(AbstractTrainer):
         return jnp.clip(k / self.warmup_steps, 0.0, 1.0)
 
     def init_weighting(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> AdaptiveWeighting | None:
-        """A fresh $w_\\phi$ ($\\equiv 0$) in the model's parameter dtype, or None when turned off."""
+        r"""A fresh $w_\phi$ ($\equiv 0$) in the model's parameter dtype, or None when turned off."""
         if not self.adaptive_weighting:
             return None
         width = self.weighting_width
@@ -405,8 +405,8 @@ class ContinuousConsistencyTrainer(AbstractTrainer):
         step: ArrayLike,
         key: PRNGKeyArray,
     ) -> tuple[Array, dict[str, Array]]:
-        """The mean sCM loss over `batch` `(B, dim)` at training step `step` (for the warm-up);
-        `weighting=None` means $w \\equiv 0$."""
+        r"""The mean sCM loss over `batch` `(B, dim)` at training step `step` (for the warm-up);
+        `weighting=None` means $w \equiv 0$."""
         q = self.tangents(model, batch, step, key)
         F_theta = jax.vmap(lambda t_, x_, k_: network_output(model, t_, x_, key=k_))(q["t"], q["x_t"], q["drop_keys"])
         residual = F_theta - jax.lax.stop_gradient(F_theta) - q["g_normalised"]
@@ -464,9 +464,9 @@ def sct(
     p_std: float = 1.4,
     ema_rate: float | None = 0.999,
 ) -> ContinuousConsistencyTrainer:
-    """Lu and Song's continuous-time consistency training: the conditional velocity
-    $\\cos t\\, z - \\sin t\\, x_0$ as $dx_t/dt$, tangent warm-up over `warmup_steps` (FastGen: 10 000),
-    $g/(\\|g\\| + 0.1)$, a learned $w_\\phi(t)$, and the CIFAR-10 time proposal $(-1.0, 1.4)$."""
+    r"""Lu and Song's continuous-time consistency training: the conditional velocity
+    $\cos t\, z - \sin t\, x_0$ as $dx_t/dt$, tangent warm-up over `warmup_steps` (FastGen: 10 000),
+    $g/(\|g\| + 0.1)$, a learned $w_\phi(t)$, and the CIFAR-10 time proposal $(-1.0, 1.4)$."""
     return ContinuousConsistencyTrainer(
         optimizer,
         None,

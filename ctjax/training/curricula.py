@@ -61,8 +61,8 @@ def _check_range(name: str, s0: int, s1: int, total_steps: int, min_s0: int) -> 
 
 
 class SqrtCurriculum(AbstractCurriculum):
-    """Song et al.'s CT curriculum,
-    $N(k) = \\lceil \\sqrt{\\tfrac{k}{K}((s_1 + 1)^2 - s_0^2) + s_0^2} - 1 \\rceil + 1$:
+    r"""Song et al.'s CT curriculum,
+    $N(k) = \lceil \sqrt{\tfrac{k}{K}((s_1 + 1)^2 - s_0^2) + s_0^2} - 1 \rceil + 1$:
     $N(0) = s_0$, $N(K) = s_1 + 1$, non-decreasing."""
 
     s0: int = eqx.field(static=True, default=2)
@@ -83,8 +83,8 @@ class SqrtCurriculum(AbstractCurriculum):
 
 
 class DoublingCurriculum(AbstractCurriculum):
-    """iCT's exponential curriculum, $N(k) = \\min(s_0 2^{\\lfloor k/K' \\rfloor}, s_1) + 1$ with
-    $K' = \\lfloor K / (\\log_2 \\lfloor s_1/s_0 \\rfloor + 1) \\rfloor$: 11, 21, 41, ..., 1281 by default."""
+    r"""iCT's exponential curriculum, $N(k) = \min(s_0 2^{\lfloor k/K' \rfloor}, s_1) + 1$ with
+    $K' = \lfloor K / (\log_2 \lfloor s_1/s_0 \rfloor + 1) \rfloor$: 11, 21, 41, ..., 1281 by default."""
 
     s0: int = eqx.field(static=True, default=10)
     s1: int = eqx.field(static=True, default=1280)
@@ -114,23 +114,23 @@ class DoublingCurriculum(AbstractCurriculum):
 
 
 class AbstractTeacher(eqx.Module):
-    """How the teacher parameters $\\theta^-$ follow the student $\\theta$."""
+    r"""How the teacher parameters $\theta^-$ follow the student $\theta$."""
 
     @abc.abstractmethod
     def decay(self, step: Int[ArrayLike, ""], num_scales: Int[ArrayLike, ""]) -> Array | None:
-        """The EMA rate $\\mu$ of $\\theta^- \\leftarrow \\mu\\theta^- + (1 - \\mu)\\theta$, or None for
-        a stop-gradient teacher ($\\theta^- = \\mathrm{sg}(\\theta)$, no stored copy)."""
+        r"""The EMA rate $\mu$ of $\theta^- \leftarrow \mu\theta^- + (1 - \mu)\theta$, or None for
+        a stop-gradient teacher ($\theta^- = \mathrm{sg}(\theta)$, no stored copy)."""
 
 
 class StopGradientTeacher(AbstractTeacher):
-    """$\\theta^- = \\mathrm{sg}(\\theta)$ (iCT, ECT, sCM)."""
+    r"""$\theta^- = \mathrm{sg}(\theta)$ (iCT, ECT, sCM)."""
 
     def decay(self, step, num_scales) -> None:
         return None
 
 
 class EMATeacher(AbstractTeacher):
-    """A constant EMA rate $\\mu$ (consistency distillation uses 0.95)."""
+    r"""A constant EMA rate $\mu$ (consistency distillation uses 0.95)."""
 
     mu: RealScalarLike = 0.95
 
@@ -143,8 +143,8 @@ class EMATeacher(AbstractTeacher):
 
 
 class AdaptiveEMATeacher(AbstractTeacher):
-    """Song et al.'s $\\mu(k) = \\exp(s_0 \\log \\mu_0 / N(k))$. The official code divides by
-    $N(k) - 1$ instead (so $\\mu(0) = \\mu_0^{s_0/(s_0 - 1)}$): choose with `convention`."""
+    r"""Song et al.'s $\mu(k) = \exp(s_0 \log \mu_0 / N(k))$. The official code divides by
+    $N(k) - 1$ instead (so $\mu(0) = \mu_0^{s_0/(s_0 - 1)}$): choose with `convention`."""
 
     mu0: RealScalarLike = 0.9
     s0: int = eqx.field(static=True, default=2)
@@ -168,11 +168,11 @@ class AdaptiveEMATeacher(AbstractTeacher):
 
 
 class AbstractGrid(eqx.Module):
-    """Times $t_0 < t_1 < \\dots < t_{N-1}$ of a discretisation with (traced) $N$ points."""
+    r"""Times $t_0 < t_1 < \dots < t_{N-1}$ of a discretisation with (traced) $N$ points."""
 
     @abc.abstractmethod
     def noise(self, schedule: AbstractSchedule, index: ArrayLike, num: ArrayLike) -> Array:
-        """Noise level $\\sigma/\\alpha$ of grid point `index` in an `num`-point grid."""
+        r"""Noise level $\sigma/\alpha$ of grid point `index` in an `num`-point grid."""
 
     @abc.abstractmethod
     def time(self, schedule: AbstractSchedule, index: ArrayLike, num: ArrayLike) -> Array:
@@ -180,7 +180,7 @@ class AbstractGrid(eqx.Module):
 
 
 class KarrasGrid(AbstractGrid):
-    """Karras et al.'s $\\rho$-grid in noise level, $n_i = (n_{min}^{1/\\rho} + \\tfrac{i}{N-1}(n_{max}^{1/\\rho} - n_{min}^{1/\\rho}))^\\rho$,
+    r"""Karras et al.'s $\rho$-grid in noise level, $n_i = (n_{min}^{1/\rho} + \tfrac{i}{N-1}(n_{max}^{1/\rho} - n_{min}^{1/\rho}))^\rho$,
     mapped to the schedule's time. The ends default to the schedule's noise levels at `t_min` and
     `t_max` (then $t_0 = t_{min}$ and $t_{N-1} = t_{max}$ exactly); pass `noise_max` where the
     schedule's noise level at `t_max` is infinite."""
@@ -252,7 +252,7 @@ def karras_times(schedule: AbstractSchedule, num: int, rho: float = 7.0) -> Arra
 
 
 class AbstractIndexSampler(eqx.Module):
-    """Draws interval indices $i \\in \\{0, \\dots, N-2\\}$ (pairs $t_i < t_{i+1}$)."""
+    r"""Draws interval indices $i \in \{0, \dots, N-2\}$ (pairs $t_i < t_{i+1}$)."""
 
     @abc.abstractmethod
     def sample(
@@ -268,15 +268,15 @@ class AbstractIndexSampler(eqx.Module):
 
 
 class UniformIndex(AbstractIndexSampler):
-    """$i \\sim U\\{0, \\dots, N-2\\}$ (Song et al.)."""
+    r"""$i \sim U\{0, \dots, N-2\}$ (Song et al.)."""
 
     def sample(self, key, shape, grid, schedule, num, max_num):
         return jr.randint(key, shape, 0, num - 1, dtype=jnp.int32)
 
 
 class DiscreteLogNormal(AbstractIndexSampler):
-    """iCT's discretised log-normal proposal over intervals,
-    $p(i) \\propto \\Phi((\\log n_{i+1} - P_{mean})/P_{std}) - \\Phi((\\log n_i - P_{mean})/P_{std})$."""
+    r"""iCT's discretised log-normal proposal over intervals,
+    $p(i) \propto \Phi((\log n_{i+1} - P_{mean})/P_{std}) - \Phi((\log n_i - P_{mean})/P_{std})$."""
 
     p_mean: float = -1.1
     p_std: float = 2.0
@@ -311,9 +311,9 @@ def check_p_std(p_std: RealScalarLike) -> None:
 def lognormal_times(
     key: PRNGKeyArray, shape: tuple[int, ...], schedule: AbstractSchedule, p_mean: float, p_std: float, dtype=None
 ) -> Array:
-    """Times whose noise level $\\sigma(t)/\\alpha(t)$ is log-normal, $\\log n \\sim N(P_{mean}, P_{std}^2)$,
+    r"""Times whose noise level $\sigma(t)/\alpha(t)$ is log-normal, $\log n \sim N(P_{mean}, P_{std}^2)$,
     clipped to the schedule's range: EDM's and ECT's proposal on the variance-exploding schedule
-    ($t = n$), sCM's $t = \\arctan(n/\\sigma_d)$ on TrigFlow."""
+    ($t = n$), sCM's $t = \arctan(n/\sigma_d)$ on TrigFlow."""
     dtype = jnp.result_type(float) if dtype is None else dtype
     log_noise = p_mean + p_std * jr.normal(key, shape, dtype)
     return jnp.vectorize(schedule.time_at_log_noise)(log_noise).astype(dtype)

@@ -1,15 +1,15 @@
-"""Diffusion pre-training: TrigFlow flow matching (the sCM teacher and starting point) and EDM
+r"""Diffusion pre-training: TrigFlow flow matching (the sCM teacher and starting point) and EDM
 denoising (ECT's starting point), both for a `ConsistencyFunction`.
 
 Both train the consistency function's own network so that $f(t, x)$ becomes the denoiser
-$E[x_0 \\mid x_t = x]$:
+$E[x_0 \mid x_t = x]$:
 
-- TrigFlow: $f = \\cos t\\, x - \\sin t\\, \\sigma_d F$ and $x_0 = \\cos t\\, x_t - \\sin t\\, \\tfrac{dx_t}{dt}$, so
-  $\\|f - x_0\\|^2 = \\sin^2 t\\, \\|\\sigma_d F - \\tfrac{dx_t}{dt}\\|^2$: flow matching of $\\sigma_d F$ is denoising
-  with EDM's weight $1/(\\sigma_d^2 \\sin^2 t)$, and $\\sigma_d F(x/\\sigma_d, t)$ is then the probability-flow
+- TrigFlow: $f = \cos t\, x - \sin t\, \sigma_d F$ and $x_0 = \cos t\, x_t - \sin t\, \tfrac{dx_t}{dt}$, so
+  $\|f - x_0\|^2 = \sin^2 t\, \|\sigma_d F - \tfrac{dx_t}{dt}\|^2$: flow matching of $\sigma_d F$ is denoising
+  with EDM's weight $1/(\sigma_d^2 \sin^2 t)$, and $\sigma_d F(x/\sigma_d, t)$ is then the probability-flow
   velocity (`LearnedVelocity`), the sCD teacher.
-- Any schedule (VE for ECT): EDM's loss $\\lambda(n)\\, \\|f(t, x_t) - x_0\\|^2$ with
-  $\\lambda(n) = (n^2 + \\sigma_d^2)/(n \\sigma_d)^2$ at noise level $n = \\sigma(t)/\\alpha(t)$.
+- Any schedule (VE for ECT): EDM's loss $\lambda(n)\, \|f(t, x_t) - x_0\|^2$ with
+  $\lambda(n) = (n^2 + \sigma_d^2)/(n \sigma_d)^2$ at noise level $n = \sigma(t)/\alpha(t)$.
 
 The trained model (`trainer.result(state)`) can be passed straight to `ECTTrainer.init`,
 `ContinuousConsistencyTrainer.init` or wrapped as a teacher.
@@ -36,8 +36,8 @@ from .state import check_ema_rate, plain_init, plain_step, TrainState
 
 
 class LearnedVelocity(eqx.Module):
-    """The probability-flow velocity of a TrigFlow flow-matching network,
-    $\\tfrac{dx}{dt} = \\sigma_d F(x/\\sigma_d,\\ \\text{time\\_scale} \\cdot t)$, per example: `(t, x) -> dx/dt`.
+    r"""The probability-flow velocity of a TrigFlow flow-matching network,
+    $\tfrac{dx}{dt} = \sigma_d F(x/\sigma_d,\ \text{time\_scale} \cdot t)$, per example: `(t, x) -> dx/dt`.
 
     Use it as the sCD teacher (`scd(optimizer, LearnedVelocity.from_model(pretrained))`) or with
     `ODEStep` for discrete distillation on the TrigFlow schedule. Its output is the network's
@@ -54,7 +54,7 @@ class LearnedVelocity(eqx.Module):
 
     @classmethod
     def from_model(cls, model: ConsistencyFunction) -> "LearnedVelocity":
-        """The velocity of a TrigFlow `ConsistencyFunction`'s network (same $\\sigma_d$ and time scale)."""
+        r"""The velocity of a TrigFlow `ConsistencyFunction`'s network (same $\sigma_d$ and time scale)."""
         sigma_data = trigflow_sigma_data(model)
         scalings = model.scalings
         assert isinstance(scalings, TrigFlowScalings)
@@ -93,11 +93,11 @@ class _PretrainingTrainer(AbstractTrainer):
 
 
 class FlowMatchingTrainer(_PretrainingTrainer):
-    """TrigFlow flow matching (sCM's diffusion pre-training) of a TrigFlow `ConsistencyFunction`:
+    r"""TrigFlow flow matching (sCM's diffusion pre-training) of a TrigFlow `ConsistencyFunction`:
 
-    $E\\,\\|\\sigma_d F_\\theta(x_t/\\sigma_d, t) - \\tfrac{dx_t}{dt}\\|^2$, with $x_t = \\cos t\\, x_0 + \\sin t\\, z$,
-    the conditional velocity $\\tfrac{dx_t}{dt} = \\cos t\\, z - \\sin t\\, x_0$ and sCM's time proposal
-    $t = \\arctan(e^\\tau/\\sigma_d)$, $\\tau \\sim N(P_{mean}, P_{std}^2)$.
+    $E\,\|\sigma_d F_\theta(x_t/\sigma_d, t) - \tfrac{dx_t}{dt}\|^2$, with $x_t = \cos t\, x_0 + \sin t\, z$,
+    the conditional velocity $\tfrac{dx_t}{dt} = \cos t\, z - \sin t\, x_0$ and sCM's time proposal
+    $t = \arctan(e^\tau/\sigma_d)$, $\tau \sim N(P_{mean}, P_{std}^2)$.
 
     Afterwards `LearnedVelocity.from_model(trainer.result(state))` is the learned probability-flow
     velocity (the sCD teacher), and the model itself (a denoiser-shaped consistency function) is the
@@ -131,17 +131,17 @@ class FlowMatchingTrainer(_PretrainingTrainer):
 
 
 class DenoisingTrainer(_PretrainingTrainer):
-    """EDM denoising pre-training of a `ConsistencyFunction` on any schedule (ECT's starting point
+    r"""EDM denoising pre-training of a `ConsistencyFunction` on any schedule (ECT's starting point
     on the variance-exploding one):
 
-    $E\\,\\lambda(n)\\, \\|f_\\theta(t, \\alpha x_0 + \\sigma \\epsilon) - x_0\\|^2$, $\\lambda(n) = (n^2 + \\sigma_d^2)/(n\\sigma_d)^2$,
-    with noise level $n = \\sigma(t)/\\alpha(t)$ log-normal, $\\log n \\sim N(P_{mean}, P_{std}^2)$ (EDM: -1.2, 1.2),
-    mapped to time by the schedule and clipped to its range; $\\sigma_d$ is the scalings' `sigma_data`.
-    The minimiser is $f(t, x) = E[x_0 \\mid x_t = x]$ (away from `t_min`, where $f$ is pinned to $x$).
+    $E\,\lambda(n)\, \|f_\theta(t, \alpha x_0 + \sigma \epsilon) - x_0\|^2$, $\lambda(n) = (n^2 + \sigma_d^2)/(n\sigma_d)^2$,
+    with noise level $n = \sigma(t)/\alpha(t)$ log-normal, $\log n \sim N(P_{mean}, P_{std}^2)$ (EDM: -1.2, 1.2),
+    mapped to time by the schedule and clipped to its range; $\sigma_d$ is the scalings' `sigma_data`.
+    The minimiser is $f(t, x) = E[x_0 \mid x_t = x]$ (away from `t_min`, where $f$ is pinned to $x$).
 
-    On TrigFlow with `TrigFlowScalings` this loss is $1/\\sigma_d^2$ times `FlowMatchingTrainer`'s.
+    On TrigFlow with `TrigFlowScalings` this loss is $1/\sigma_d^2$ times `FlowMatchingTrainer`'s.
     (ECT's own stage 0 with `stage_offset=0` is a denoising loss too, but on the norm
-    $\\|f - x_0\\|/t$, whose minimiser is a conditional geometric median rather than the posterior
+    $\|f - x_0\|/t$, whose minimiser is a conditional geometric median rather than the posterior
     mean; this trainer is EDM's squared loss, as in the checkpoints ECT starts from.)
 
     **Arguments:**

@@ -1,12 +1,12 @@
-"""Easy Consistency Tuning, ECT (Geng et al. 2024, "Consistency Models Made Easy").
+r"""Easy Consistency Tuning, ECT (Geng et al. 2024, "Consistency Models Made Easy").
 
 Consistency training on the variance-exploding schedule in which the teacher's time $r$ shrinks
 towards the student's time $t$ stage by stage, starting from the denoising (diffusion) loss:
 
-$r = t\\,\\big(1 - q^{-(s + s_0)}\\,(1 + k\\,\\mathrm{sigmoid}(-b t))\\big)_+$, stage $s = \\lfloor \\text{step}/\\text{steps\\_per\\_stage} \\rfloor$,
+$r = t\,\big(1 - q^{-(s + s_0)}\,(1 + k\,\mathrm{sigmoid}(-b t))\big)_+$, stage $s = \lfloor \text{step}/\text{steps\_per\_stage} \rfloor$,
 
-and the loss $\\big(\\sqrt{\\|f_\\theta(t, x_0 + t\\epsilon) - \\mathrm{sg} f_\\theta(r, x_0 + r\\epsilon)\\|^2 + c^2} - c\\big)/(t - r)$,
-with the target $x_0$ itself where $r \\le t_{min}$.
+and the loss $\big(\sqrt{\|f_\theta(t, x_0 + t\epsilon) - \mathrm{sg} f_\theta(r, x_0 + r\epsilon)\|^2 + c^2} - c\big)/(t - r)$,
+with the target $x_0$ itself where $r \le t_{min}$.
 """
 
 import equinox as eqx
@@ -37,18 +37,18 @@ def _check_ve_model(model) -> None:
 
 
 class ECTTrainer(AbstractTrainer):
-    """Easy Consistency Tuning of a consistency model on the `VarianceExploding` schedule (a
+    r"""Easy Consistency Tuning of a consistency model on the `VarianceExploding` schedule (a
     `ConsistencyFunction` with `EDMScalings`, whose boundary condition $f(t_{min}, x) = x$ is exact).
     Use the preset `ect`.
 
-    Each step draws $t = e^{P_{std} n + P_{mean}}$, $n \\sim N(0, 1)$ (clipped to the schedule's range),
+    Each step draws $t = e^{P_{std} n + P_{mean}}$, $n \sim N(0, 1)$ (clipped to the schedule's range),
     maps it to $r$ = `t_to_r(t, stage)`, and minimises the mean over examples of
 
-    $d\\big(f_\\theta(t, x_0 + t\\epsilon) - \\mathrm{sg}\\, f_\\theta(r, x_0 + r\\epsilon)\\big)/(t - r)$
+    $d\big(f_\theta(t, x_0 + t\epsilon) - \mathrm{sg}\, f_\theta(r, x_0 + r\epsilon)\big)/(t - r)$
 
-    with the same $\\epsilon$ and the same dropout key in both evaluations, the target replaced by
-    $x_0$ where $r \\le t_{min}$, and $d$ the pseudo-Huber norm $\\sqrt{\\|\\Delta\\|^2 + c^2} - c$
-    ($c = 0$: the $\\ell_2$ norm, with gradient 0 rather than NaN at $\\Delta = 0$). The teacher is the
+    with the same $\epsilon$ and the same dropout key in both evaluations, the target replaced by
+    $x_0$ where $r \le t_{min}$, and $d$ the pseudo-Huber norm $\sqrt{\|\Delta\|^2 + c^2} - c$
+    ($c = 0$: the $\ell_2$ norm, with gradient 0 rather than NaN at $\Delta = 0$). The teacher is the
     stop-gradient of the student (no EMA teacher); `ema_rate` drives the evaluation EMA.
 
     The stage is a traced function of the step: crossing stages does not recompile.
@@ -61,8 +61,8 @@ class ECTTrainer(AbstractTrainer):
     **Arguments:**
 
     - `optimizer`: an `optax.GradientTransformation`.
-    - `steps_per_stage`: training steps per stage ($s \\to s + 1$ every `steps_per_stage` steps).
-    - `q`, `k`, `b`: the mapping $t \\mapsto r$ (ECT CIFAR-10: 2, 8, 1).
+    - `steps_per_stage`: training steps per stage ($s \to s + 1$ every `steps_per_stage` steps).
+    - `q`, `k`, `b`: the mapping $t \mapsto r$ (ECT CIFAR-10: 2, 8, 1).
     - `huber_c`: $c$ of the pseudo-Huber norm (ECT's default 0).
     - `p_mean`, `p_std`: the log-normal time proposal (ECT: -1.1, 2.0).
     - `stage_offset`: $s_0$ in the exponent $-(s + s_0)$: 1 as in ECT's code (`q ** (stage + 1)`),
@@ -122,17 +122,17 @@ class ECTTrainer(AbstractTrainer):
 
     @property
     def distance(self) -> AbstractDistance:
-        """The pseudo-Huber norm with constant `huber_c` ($\\ell_2$ with a safe gradient for $c = 0$)."""
+        r"""The pseudo-Huber norm with constant `huber_c` ($\ell_2$ with a safe gradient for $c = 0$)."""
         if is_concrete(self.huber_c) and float(self.huber_c) == 0.0:
             return L2()
         return PseudoHuber(self.huber_c)
 
     def stage(self, step: ArrayLike) -> Array:
-        """$s = \\lfloor \\text{step}/\\text{steps\\_per\\_stage} \\rfloor$ (int32, traced)."""
+        r"""$s = \lfloor \text{step}/\text{steps\_per\_stage} \rfloor$ (int32, traced)."""
         return (jnp.asarray(step) // self.steps_per_stage).astype(jnp.int32)
 
     def t_to_r(self, t: ArrayLike, stage: ArrayLike) -> Array:
-        """ECT's sigmoid mapping $r = t\\,(1 - q^{-(s + s_0)}(1 + k\\,\\mathrm{sigmoid}(-bt)))_+$, elementwise in `t`."""
+        r"""ECT's sigmoid mapping $r = t\,(1 - q^{-(s + s_0)}(1 + k\,\mathrm{sigmoid}(-bt)))_+$, elementwise in `t`."""
         t = jnp.asarray(t)
         dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.result_type(float)
         t = t.astype(dtype)
@@ -150,9 +150,9 @@ class ECTTrainer(AbstractTrainer):
         eps: Array,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Array, Array]:
-        """(loss, residual) of one example: the residual $\\Delta = f_\\theta(t, x_0 + t\\epsilon) - \\text{target}$
-        with target $\\mathrm{sg} f_\\theta(r, x_0 + r\\epsilon)$ ($x_0$ where $r \\le t_{min}$), and the loss
-        $d(\\Delta)/(t - r)$ (0 where $t - r$ is not positive). Both evaluations use `key`."""
+        r"""(loss, residual) of one example: the residual $\Delta = f_\theta(t, x_0 + t\epsilon) - \text{target}$
+        with target $\mathrm{sg} f_\theta(r, x_0 + r\epsilon)$ ($x_0$ where $r \le t_{min}$), and the loss
+        $d(\Delta)/(t - r)$ (0 where $t - r$ is not positive). Both evaluations use `key`."""
         dtype = x0.dtype
         t = jnp.asarray(t).astype(dtype)
         r = jnp.asarray(r).astype(dtype)
@@ -216,10 +216,10 @@ def ect(
     stage_offset: int = 1,
     ema_rate: float | None = 0.999,
 ) -> ECTTrainer:
-    """Geng et al.'s ECT with the CIFAR-10 settings of `locuslab/ect` (`run_ecm.sh`, `training/loss.py`):
+    r"""Geng et al.'s ECT with the CIFAR-10 settings of `locuslab/ect` (`run_ecm.sh`, `training/loss.py`):
     $q = 2$, $k = 8$, $b = 1$, $c = 0$, log-normal $t$ with $(-1.1, 2.0)$, and `num_stages` = 8 stages
     over the run (25.6 Mimg at `--double=250` ticks of 12.8 kimg), i.e. `steps_per_stage` =
-    $\\lceil$`total_steps`/`num_stages`$\\rceil$; the exponent $-(s + 1)$ of the code (`stage_offset=1`)."""
+    $\lceil$`total_steps`/`num_stages`$\rceil$; the exponent $-(s + 1)$ of the code (`stage_offset=1`)."""
     if int(total_steps) < 1 or int(num_stages) < 1:
         raise ValueError(f"`total_steps` and `num_stages` must be positive, got {total_steps}, {num_stages}.")
     steps_per_stage = -(-int(total_steps) // int(num_stages))

@@ -22,7 +22,7 @@ class AbstractPairing(eqx.Module):
 
 
 class CoupledNoise(AbstractPairing):
-    """Consistency training: $x_{t_{lo}} = \\alpha(t_{lo}) x_0 + \\sigma(t_{lo}) z$ with the same $z$."""
+    r"""Consistency training: $x_{t_{lo}} = \alpha(t_{lo}) x_0 + \sigma(t_{lo}) z$ with the same $z$."""
 
     def earlier(self, schedule, x0, z, x_hi, t_lo, t_hi):
         return schedule.interpolate(t_lo, x0, z)
@@ -39,8 +39,8 @@ class ExactVelocity(eqx.Module):
 
 
 class ODEStep(AbstractPairing):
-    """Consistency distillation: one Euler or Heun step of a teacher velocity $v(t, x)$ from
-    $t_{hi}$ to $t_{lo}$, $\\hat x = x_{t_{hi}} + (t_{lo} - t_{hi})\\, v(t_{hi}, x_{t_{hi}})$ (Heun adds the
+    r"""Consistency distillation: one Euler or Heun step of a teacher velocity $v(t, x)$ from
+    $t_{hi}$ to $t_{lo}$, $\hat x = x_{t_{hi}} + (t_{lo} - t_{hi})\, v(t_{hi}, x_{t_{hi}})$ (Heun adds the
     trapezoidal correction). `velocity` is any per-example callable `(t, x) -> dx/dt`, e.g.
     `ExactVelocity(target, schedule)` or a learned flow-matching model."""
 

@@ -16,7 +16,7 @@ from .state import gradient_step, partition_trainable, TrainState, tree_select
 
 
 def _stage_pair(model: StagedConsistencyModel, batch: Array, key: PRNGKeyArray, k: Array):
-    """The coupled pair $(a_k X_0 + s_k Z,\\ a_{k-1} X_0 + s_{k-1} Z)$ for 0-based stage index k >= 1."""
+    r"""The coupled pair $(a_k X_0 + s_k Z,\ a_{k-1} X_0 + s_{k-1} Z)$ for 0-based stage index k >= 1."""
     sched, dtype = model.schedule, batch.dtype
     t_k, t_prev = model.times[k], model.times[k - 1]
     z = jr.normal(key, batch.shape, dtype)
@@ -25,8 +25,8 @@ def _stage_pair(model: StagedConsistencyModel, batch: Array, key: PRNGKeyArray, 
 
 
 class StagedConsistencyTraining(AbstractTrainer):
-    """Staged consistency training (Li, Huang and Wei): stage functions $f_1 = \\mathrm{id}, f_2, \\dots, f_T$,
-    stage $k$ minimising $E\\|f_k(a_k X_0 + s_k Z) - f_{k-1}(a_{k-1} X_0 + s_{k-1} Z)\\|^2$ with the
+    r"""Staged consistency training (Li, Huang and Wei): stage functions $f_1 = \mathrm{id}, f_2, \dots, f_T$,
+    stage $k$ minimising $E\|f_k(a_k X_0 + s_k Z) - f_{k-1}(a_{k-1} X_0 + s_{k-1} Z)\|^2$ with the
     same $Z$ in both arguments.
 
     - `mode="sequential"` (the paper): stage $k$ trains for `steps_per_stage` steps against the
@@ -164,10 +164,10 @@ class StagedConsistencyTraining(AbstractTrainer):
 
 
 def staged_shared(optimizer: optax.GradientTransformation, times: Array, ema_rate: float | None = None):
-    """The shared-weights variant of staged training: one network conditioned on $t$, every
-    stage $k \\in \\{2..T\\}$ at once, $E\\|f(t_k, X_k) - \\mathrm{sg}\\, f(t_{k-1}, X_{k-1})\\|^2$ with
+    r"""The shared-weights variant of staged training: one network conditioned on $t$, every
+    stage $k \in \{2..T\}$ at once, $E\|f(t_k, X_k) - \mathrm{sg}\, f(t_{k-1}, X_{k-1})\|^2$ with
     coupled noise and $k$ uniform. It is consistency training on the fixed stage grid `times`
-    (e.g. `DiscreteVP.stage_times()`), with a stop-gradient teacher, $\\ell_2^2$ and $\\lambda \\equiv 1$."""
+    (e.g. `DiscreteVP.stage_times()`), with a stop-gradient teacher, $\ell_2^2$ and $\lambda \equiv 1$."""
     from .consistency import ConsistencyTrainer
     from .curricula import ConstantCurriculum, FixedGrid, StopGradientTeacher, UniformIndex
 

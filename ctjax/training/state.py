@@ -41,7 +41,7 @@ def check_ema_rate(ema_rate: Any) -> None:
 
 
 def ema_update(average: PyTree, new: PyTree, decay: Array) -> PyTree:
-    """$\\bar\\theta \\leftarrow \\mu \\bar\\theta + (1 - \\mu) \\theta$ on the floating-point leaves."""
+    r"""$\bar\theta \leftarrow \mu \bar\theta + (1 - \mu) \theta$ on the floating-point leaves."""
 
     def update(a, b):
         if eqx.is_inexact_array(a):

@@ -58,7 +58,7 @@ def _differing_fields(a: TrainState, b: TrainState) -> list[str]:
 
 
 class PretrainThenTune(AbstractTrainer):
-    """`pretrain` for the first `pretrain_steps` steps, then `tune` starting from `pretrain`'s result:
+    r"""`pretrain` for the first `pretrain_steps` steps, then `tune` starting from `pretrain`'s result:
     ECT's recipe (Geng et al. 2024) of tuning a pre-trained diffusion model, as one run that `fit`
     drives, one compiled program, and one state that a checkpoint saves and resumes anywhere (the
     switch included).
@@ -68,7 +68,7 @@ class PretrainThenTune(AbstractTrainer):
     a learning-rate schedule of `tune`'s optimiser) and the evaluation EMA start afresh, as when a
     tuning run loads a pre-trained checkpoint. `tune` then sees its own step count,
     `step - pretrain_steps` (ECT's stages start at 0); the random key of every step remains the
-    run's, $\\mathrm{fold\\_in}(key, step)$.
+    run's, $\mathrm{fold\_in}(key, step)$.
 
     The two trainers must keep states of one structure (for instance `DenoisingTrainer` and
     `ECTTrainer` with optimisers built alike, both with an EMA or both without); `init` checks.
