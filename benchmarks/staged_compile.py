@@ -50,7 +50,7 @@ def child(args) -> dict:
 
     import ctjax
     from ctjax.training import fit, StagedConsistencyTraining
-    from ctjax.training.fit import run_chunk
+    from ctjax.training._fit import run_chunk
 
     num_stages, k = args.child, args.chunk
     jnp.ones(3).block_until_ready()
@@ -106,7 +106,7 @@ def child(args) -> dict:
         "step_ms": 1000 * chunk_s / k,
         "step_ms_best": 1000 * min(times) / k,
         "steps_per_chunk": k,
-        "final_stage": int(state.extra["stage"]) + 1,
+        "final_stage": int(state.extra.stage) + 1,
         "state_bytes": int(state_bytes),
         "peak_rss_bytes": int(peak_rss),
         "baseline_rss_bytes": int(baseline_rss),

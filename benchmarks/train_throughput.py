@@ -57,7 +57,7 @@ import optax
 
 import ctjax
 from ctjax.training import fit
-from ctjax.training.state import partition_trainable
+from ctjax.training._base import partition_trainable
 
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -231,7 +231,7 @@ def optimiser_ms(model, steps=50, repeats=5):
     every training step, on both sides, that no faster product removes."""
     import equinox as eqx
 
-    from ctjax.training.state import ema_update
+    from ctjax.training._base import ema_update
 
     params = eqx.filter(model, eqx.is_inexact_array)
     adam = optax.adam(LR)

@@ -80,8 +80,8 @@ def cond_against_scan(width, batch, dim, k=40, repeats=5):
     import jax.random as jr
 
     from ctjax.training import fit
-    from ctjax.training.fit import draw_batch
-    from ctjax.training.state import step_key
+    from ctjax.training._base import step_key
+    from ctjax.training._fit import draw_batch
 
     trainer, state, data = _setup(width, batch, dim)
 

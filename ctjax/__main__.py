@@ -2,7 +2,7 @@
 
 import sys
 
-from ctjax.experiments.cli import main
+from ctjax.experiments import main
 
 
 if __name__ == "__main__":

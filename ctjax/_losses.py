@@ -6,7 +6,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from ._misc import is_concrete
+from ._misc import check_value
 
 
 class AbstractDistance(eqx.Module):
@@ -19,9 +19,10 @@ class AbstractDistance(eqx.Module):
 
 def _safe_norm(r: Array) -> Array:
     sq = jnp.sum(r**2)
-    # The gradient of the norm at 0 is undefined; define it as 0 instead of NaN.
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    # The gradient of the norm at 0 is undefined; define it as 0 instead of NaN. (A NaN residual
+    # must stay NaN: `sq == 0` is False for it, where `sq > 0` would have hidden it as 0.)
+    zero = sq == 0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
 
 
 class SquaredL2(AbstractDistance):
@@ -38,6 +39,12 @@ class L2(AbstractDistance):
         return _safe_norm(jnp.asarray(residual))
 
 
+def _check_c(c):
+    if c is None:
+        return None
+    return check_value(c, lambda v: (v > 0) & jnp.isfinite(v), "PseudoHuber needs c > 0 (or None for 0.00054 sqrt(d))")
+
+
 class PseudoHuber(AbstractDistance):
     r"""iCT's pseudo-Huber metric on the vector norm, $d(r) = \sqrt{\|r\|_2^2 + c^2} - c$.
 
@@ -45,11 +52,7 @@ class PseudoHuber(AbstractDistance):
     large ones. `c=None` uses iCT's $c = 0.00054 \sqrt{d}$ for data dimension $d$.
     """
 
-    c: float | None = None
-
-    def __check_init__(self):
-        if self.c is not None and is_concrete(self.c) and not float(self.c) > 0:
-            raise ValueError(f"PseudoHuber needs c > 0 (or None for 0.00054 sqrt(d)), got {self.c}.")
+    c: float | None = eqx.field(default=None, converter=_check_c)
 
     def __call__(self, residual: ArrayLike) -> Array:
         r = jnp.asarray(residual)

@@ -1,17 +1,168 @@
-"""Small internal helpers: input validation and dtype handling."""
+"""Small internal helpers: input validation and dtype handling.
 
-from typing import Any
+Checks of values follow one rule: a concrete value that fails raises a `ValueError` (or
+`TypeError`) at once; a traced one (under `jit`, `vmap`, `grad`) is checked when the program
+runs, by `eqx.error_if` with the same message, and the checked value replaces the unchecked one
+so that the check is part of the computation.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+
+_T = TypeVar("_T")
 
 
 def is_concrete(x: Any) -> bool:
     """True when `x` holds a value now (not a tracer inside jit/vmap/grad)."""
     leaves = jax.tree_util.tree_leaves(x)
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)  # pyright: ignore[reportAttributeAccessIssue]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return repr(value)
+    array = np.asarray(value)
+    return repr(array.item()) if array.ndim == 0 else f"an array of shape {array.shape}"
+
+
+def check_value(value: _T, ok: Callable[[Any], Any], message: str, *, show: bool = True) -> _T:
+    """`value`, checked: `ok(value)` (elementwise booleans; NaN must give False) must hold everywhere.
+
+    A concrete failure raises `ValueError(message + ", got <value>.")` (without the value when
+    `show` is False); a traced value comes back wrapped in `eqx.error_if(..., message + ".")`.
+    """
+    if is_concrete(value):
+        # Evaluated now, also while an enclosing function is being traced.
+        with jax.ensure_compile_time_eval():
+            passed = bool(np.all(ok(np.asarray(value))))
+        if not passed:
+            raise ValueError(f"{message}, got {_show(value)}." if show else f"{message}.")
+        return value
+    return eqx.error_if(value, ~jnp.all(ok(jnp.asarray(value))), f"{message}.")
+
+
+def check_values(names: Sequence[str], values: tuple, ok: Callable[..., Any], message: str) -> tuple:
+    """`values`, checked together: `ok(*values)` must hold everywhere.
+
+    Concrete values that fail raise `ValueError(message + ", got name=value, ...")`; where any is
+    traced, the values come back wrapped in `eqx.error_if(..., message + ".")`.
+    """
+    values = tuple(values)
+    if is_concrete(values):
+        with jax.ensure_compile_time_eval():
+            passed = bool(np.all(ok(*(np.asarray(v) for v in values))))
+        if not passed:
+            got = ", ".join(f"{name}={_show(v)}" for name, v in zip(names, values))
+            raise ValueError(f"{message}, got {got}.")
+        return values
+    return eqx.error_if(values, ~jnp.all(ok(*(jnp.asarray(v) for v in values))), f"{message}.")
+
+
+def check_fields(module: eqx.Module, names: Sequence[str], ok: Callable[..., Any], message: str) -> None:
+    """For `__check_init__`: `check_values` on the fields `names` of `module`.
+
+    Where any of them is traced, the fields are replaced by their checked versions (as a converter
+    would replace them), so that a module built under `jit` or `vmap` with bad values fails when used.
+    """
+    values = tuple(getattr(module, name) for name in names)
+    checked = check_values(names, values, ok, message)
+    if not is_concrete(values):
+        for name, value in zip(names, checked):
+            # Still inside construction: `__check_init__` runs before the module is returned.
+            object.__setattr__(module, name, value)
+
+
+def validate_int(value: Any, name: str, minimum: int = 1) -> int:
+    """`value` as an int, or a ValueError naming `name` unless it is an integer >= `minimum`."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def int_field(name: str, minimum: int = 1) -> Callable[[Any], int]:
+    """A converter for an integer field: `validate_int(value, name, minimum)`."""
+    return lambda value: validate_int(value, name, minimum)
+
+
+def validate_bool(value: Any, name: str) -> bool:
+    """`value` as a bool, or a TypeError naming `name` unless it is one (NumPy's bools included)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def bool_field(name: str) -> Callable[[Any], bool]:
+    """A converter for a boolean field."""
+    return lambda value: validate_bool(value, name)
+
+
+def choice_field(name: str, choices: Sequence[str]) -> Callable[[Any], str]:
+    """A converter for a string field that must be one of `choices`."""
+
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")
+        return value
+
+    return convert
+
+
+def positive_field(name: str) -> Callable[[_T], _T]:
+    """A converter for a hyperparameter that must be positive (and finite), traced or not."""
+    return lambda value: check_value(
+        value, lambda v: (v > 0) & jnp.isfinite(v), f"`{name}` must be positive and finite"
+    )
+
+
+def non_negative_field(name: str) -> Callable[[_T], _T]:
+    """A converter for a hyperparameter that must be non-negative (and finite), traced or not."""
+    return lambda value: check_value(
+        value, lambda v: (v >= 0) & jnp.isfinite(v), f"`{name}` must be non-negative and finite"
+    )
+
+
+def finite_field(name: str) -> Callable[[_T], _T]:
+    """A converter for a hyperparameter that must be a finite number, traced or not."""
+    return lambda value: check_value(value, jnp.isfinite, f"`{name}` must be a finite number")
+
+
+def check_ema_rate(ema_rate: _T) -> _T:
+    """`ema_rate`, which must be None or in [0, 1) (traced or not); a converter."""
+    if ema_rate is None:
+        return ema_rate
+    return check_value(ema_rate, lambda r: (r >= 0) & (r < 1), "`ema_rate` must be in [0, 1) or None")
+
+
+def check_p_std(p_std: _T) -> _T:
+    """`p_std`, which must be positive (traced or not); a converter."""
+    return check_value(p_std, lambda s: (s > 0) & jnp.isfinite(s), "`p_std` must be positive")
+
+
+def check_optimizer(optimizer: Any) -> optax.GradientTransformation:
+    """`optimizer`, or a TypeError unless it is an `optax.GradientTransformation`; a converter."""
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            f"`optimizer` must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), got "
+            f"{type(optimizer).__name__}."
+        )
+    return optimizer
+
+
+def check_instance(value: Any, kind: type | tuple[type, ...], name: str, what: str) -> None:
+    """A TypeError naming `name` unless `value` is an instance of `kind` (described as `what`)."""
+    if not isinstance(value, kind):
+        raise TypeError(f"`{name}` must be {what}, got {type(value).__name__}.")
 
 
 def as_float_array(x: Any, name: str, dtype=None) -> jax.Array:
@@ -31,10 +182,9 @@ def as_float_array(x: Any, name: str, dtype=None) -> jax.Array:
     return arr
 
 
-def check_finite(x: jax.Array, name: str) -> None:
-    """Raise a ValueError if a concrete array holds NaN or infinity (no-op under tracing)."""
-    if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
-        raise ValueError(f"`{name}` contains NaN or infinite values; pass finite numbers.")
+def check_finite(x: jax.Array, name: str) -> jax.Array:
+    """`x`, which must hold no NaN or infinity: checked at once when concrete, at run time when traced."""
+    return check_value(x, jnp.isfinite, f"`{name}` contains NaN or infinite values; pass finite numbers", show=False)
 
 
 def check_shape(x: jax.Array, shape: tuple, name: str, hint: str = "") -> None:
@@ -62,17 +212,17 @@ def check_time(schedule, t: Any, name: str, *, traced: bool = True) -> jax.Array
     hi = jnp.asarray(schedule.t_max, dtype=t.dtype)
     msg = (
         f"`{name}` must lie in [t_min, t_max] of {type(schedule).__name__}"
-        f"{_range_text(schedule)}; clip it to the schedule's range."
+        f"{_range_text(schedule)}; clip it to the schedule's range"
     )
     if is_concrete((t, lo, hi)):
         if not bool(np.isfinite(np.asarray(t))):
             raise ValueError(f"`{name}` must be finite, got {float(t)}.")
         if bool(t < lo) or bool(t > hi):
-            raise ValueError(msg.replace("must lie", f"= {float(t)} must lie"))
+            raise ValueError(msg.replace("must lie", f"= {float(t)} must lie") + ".")
         return t
     if not traced:
         return t
-    return eqx.error_if(t, (t < lo) | (t > hi) | ~jnp.isfinite(t), msg)
+    return eqx.error_if(t, (t < lo) | (t > hi) | ~jnp.isfinite(t), msg + " (or it is NaN).")
 
 
 def _range_text(schedule) -> str:

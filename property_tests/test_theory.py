@@ -218,6 +218,9 @@ class _TwoStageAffine(ctjax.AbstractConsistencyModel):
     def dim(self) -> int:
         return self.h.shape[0]
 
+    def trainable(self):
+        return jax.tree_util.tree_map(lambda _: False, self)
+
     def __call__(self, t, x, *, key=None):
         return jnp.where(t == self.t_hi, self.G @ x + self.h, self.A @ x + self.c)
 
@@ -229,7 +232,7 @@ def _trainer_losses(trainer, model, target, key):
     def one(k):
         k_data, k_loss = jr.split(k)
         batch = target.sample(k_data, 2**14)
-        return trainer.loss(model, None, batch, jnp.zeros((), jnp.int32), k_loss)[0]
+        return trainer.loss(model, None, None, batch, jnp.zeros((), jnp.int32), k_loss)[0]
 
     losses = jax.vmap(one)(jr.split(key, 16))
     return jnp.mean(losses), jnp.std(losses, ddof=1) / 4.0
@@ -587,6 +590,9 @@ class _AffineToTheta(ctjax.AbstractConsistencyModel):
     def dim(self) -> int:
         return self.theta.shape[0]
 
+    def trainable(self):
+        return jax.tree_util.tree_map(lambda _: False, self)
+
     def __call__(self, t, x, *, key=None) -> Array:
         ratio = self.schedule.sigma_min / t
         return jnp.asarray(ratio * x + (1 - ratio) * self.theta)
@@ -609,7 +615,7 @@ def _ict_losses(student, teacher, points, key):
     random numbers: the same sampled intervals)."""
     return jax.vmap(
         lambda xi: _ICT_TRAINER.loss(
-            student, teacher, jnp.broadcast_to(xi, (ICT_BATCH, xi.shape[0])), jnp.asarray(0), key
+            student, None, teacher, jnp.broadcast_to(xi, (ICT_BATCH, xi.shape[0])), jnp.asarray(0), key
         )[0]
     )(points)
 

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import ctjax
-from ctjax.experiments import checkpoint, cli
+from ctjax.experiments import _checkpoint as checkpoint, _cli as cli
 from ctjax.training import fit, ict
 
 

@@ -30,7 +30,7 @@ CHILD = textwrap.dedent(
 
     import equinox as eqx
 
-    from ctjax.experiments import cli
+    from ctjax.experiments import main
 
     marker = pathlib.Path(os.environ["CTJAX_TEST_MID_WRITE"])
     real = eqx.tree_serialise_leaves
@@ -52,7 +52,7 @@ CHILD = textwrap.dedent(
 
 
     eqx.tree_serialise_leaves = stalling
-    sys.exit(cli.main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))
     """
 )
 

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from ctjax.experiments import cli
-from ctjax.experiments.config import ModelConfig, to_json, train_config_from_json, TrainConfig
-from ctjax.experiments.setup import resolve_defaults
+from ctjax.experiments import _cli as cli
+from ctjax.experiments._config import ModelConfig, to_json, train_config_from_json, TrainConfig
+from ctjax.experiments._setup import resolve_defaults
 
 
 TINY = ["--model.width", "16", "--model.depth", "1", "--batch-size", "32", "--no-progress", "--no-evaluate"]
@@ -222,7 +222,7 @@ def _train_cmd(out, steps, extra=()):
     return [
         sys.executable,
         "-m",
-        "ctjax.experiments.cli",
+        "ctjax",
         "train",
         "--steps",
         str(steps),
@@ -269,7 +269,7 @@ def test_killed_run_resumes_bit_identically(tmp_path):
         [
             sys.executable,
             "-m",
-            "ctjax.experiments.cli",
+            "ctjax",
             "train",
             "--resume",
             str(killed),

@@ -15,7 +15,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, HealthCheck, settings
 
-from ctjax.experiments import cli, run
+from ctjax.experiments import _cli as cli, _run as run
 
 
 class _ReachedTraining(Exception):

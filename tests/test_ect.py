@@ -13,8 +13,7 @@ import pytest
 
 import ctjax
 from ctjax.training import ExactVelocity, fit
-from ctjax.training.diffusion import DenoisingTrainer, diffusion_pretraining
-from ctjax.training.ect import ect, ECTTrainer
+from ctjax.training import DenoisingTrainer, diffusion_pretraining, ect, ECTTrainer
 
 from .helpers import assert_close, CountingNet
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 from jaxtyping import Array
 
-from ctjax.experiments import cli, run
+from ctjax.experiments import _cli as cli, _run as run
 from ctjax.training import AbstractTrainer
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import ctjax
 from ctjax.training import AdaptiveEMATeacher, DiscreteLogNormal, DoublingCurriculum, KarrasGrid, SqrtCurriculum
-from ctjax.training.curricula import lognormal_times
+from ctjax.training import lognormal_times
 
 from .helpers import assert_close
 
@@ -154,7 +154,7 @@ def test_lognormal_times(schedule):
         (lambda: AdaptiveEMATeacher(1.5), "mu0"),
         (lambda: AdaptiveEMATeacher(0.9, 2, "other"), "convention"),
         (lambda: ctjax.training.EMATeacher(1.0), "mu"),
-        (lambda: ctjax.training.ConstantCurriculum(1), "num >= 2"),
+        (lambda: ctjax.training.ConstantCurriculum(1), "`num` must be an integer >= 2"),
         (lambda: DiscreteLogNormal(0.0, -1.0), "p_std"),
         (lambda: ctjax.training.FixedGrid(jnp.array([0.0, 0.0, 1.0])), "increasing"),
     ],

@@ -117,7 +117,7 @@ CHILD = textwrap.dedent(
     out["no_data_axis"] = error(lambda: fit(trainer, state, target, mesh=bad_mesh, **kw))
 
     # The command line: --devices builds the mesh; bad counts give one-line errors.
-    from ctjax.experiments import cli
+    from ctjax.experiments import _cli as cli
 
     tiny = ["--steps", "4", "--chunk-size", "2", "--model.width", "8", "--model.depth", "1", "--no-progress",
             "--no-evaluate", "--method", "ict", "--batch-size", "8"]

@@ -48,11 +48,11 @@ def test_no_gradient_reaches_the_teacher(getkey):
     teacher = _perturbed(_model(getkey()), getkey())
     batch = GAUSS.sample(getkey(), 64)
     key = getkey()
-    grads = eqx.filter_jit(jax.grad(lambda tm: trainer.loss(student, tm, batch, jnp.asarray(10), key)[0]))(teacher)
+    grads = eqx.filter_jit(jax.grad(lambda tm: trainer.loss(student, None, tm, batch, jnp.asarray(10), key)[0]))(teacher)
     leaves = jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_inexact_array))
     assert leaves and all(float(jnp.max(jnp.abs(g))) == 0.0 for g in leaves)
     # The student does get a gradient.
-    grads_s = eqx.filter_jit(jax.grad(lambda sm: trainer.loss(sm, teacher, batch, jnp.asarray(10), key)[0]))(student)
+    grads_s = eqx.filter_jit(jax.grad(lambda sm: trainer.loss(sm, None, teacher, batch, jnp.asarray(10), key)[0]))(student)
     assert any(
         float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree_util.tree_leaves(eqx.filter(grads_s, eqx.is_inexact_array))
     )
@@ -64,9 +64,9 @@ def test_stop_gradient_teacher_is_a_frozen_copy(getkey):
     model = _perturbed(_model(getkey()), getkey())
     batch = GAUSS.sample(getkey(), 64)
     key = getkey()
-    g_sg = eqx.filter_jit(jax.grad(lambda m: trainer.loss(m, None, batch, jnp.asarray(5), key)[0]))(model)
+    g_sg = eqx.filter_jit(jax.grad(lambda m: trainer.loss(m, None, None, batch, jnp.asarray(5), key)[0]))(model)
     frozen = jax.tree_util.tree_map(lambda a: a + 0 if eqx.is_array(a) else a, model)
-    g_copy = eqx.filter_jit(jax.grad(lambda m: trainer.loss(m, frozen, batch, jnp.asarray(5), key)[0]))(model)
+    g_copy = eqx.filter_jit(jax.grad(lambda m: trainer.loss(m, None, frozen, batch, jnp.asarray(5), key)[0]))(model)
     for a, b in zip(
         jax.tree_util.tree_leaves(eqx.filter(g_sg, eqx.is_inexact_array)),
         jax.tree_util.tree_leaves(eqx.filter(g_copy, eqx.is_inexact_array)),
@@ -90,7 +90,7 @@ def test_shared_dropout_gives_zero_loss_at_equal_times(getkey):
     model = _perturbed(_model(getkey(), dropout=0.5), getkey())
     trainer = ConsistencyTrainer(optax.adam(1e-3), ConstantCurriculum(10), grid=_SameTime(1.3))
     batch = GAUSS.sample(getkey(), 128)
-    loss, _ = eqx.filter_jit(trainer.loss)(model, None, batch, jnp.asarray(0), getkey())
+    loss, _ = eqx.filter_jit(trainer.loss)(model, None, None, batch, jnp.asarray(0), getkey())
     assert float(loss) == 0.0
     # The test can fail: with independent dropout masks the same inputs disagree.
     x = batch[0]
@@ -113,7 +113,7 @@ class _TracedN(ctjax.training.AbstractCurriculum):
 @eqx.filter_jit
 def _loss_at(pairing, num, exact, batch):
     trainer = ConsistencyTrainer(optax.sgd(0.0), _TracedN(num), pairing=pairing)
-    return trainer.loss(exact, None, batch, jnp.asarray(0), jr.key(7))[0]
+    return trainer.loss(exact, None, None, batch, jnp.asarray(0), jr.key(7))[0]
 
 
 def _exact_losses(pairing, nums, key):
@@ -198,7 +198,7 @@ def test_staged_sequential_compiles_once_whatever_the_number_of_stages():
             chunk_size=16,
             progress=False,
         )
-        assert int(state.extra["stage"]) == num_stages  # every stage was trained
+        assert int(state.extra.stage) == num_stages  # every stage was trained
         assert hist["stage"][-1] == num_stages
         counts.append(len(counter))
     assert counts[0] == counts[1]

@@ -162,7 +162,7 @@ def test_mismatched_states_and_bad_arguments_are_named():
 def test_branches_must_keep_the_same_static_leaves():
     """The internal `lax.cond` keeps non-array leaves static, and refuses branches that disagree on
     them (rather than silently keeping one branch's)."""
-    from ctjax.training.tuning import _cond
+    from ctjax.training._tuning import _cond
 
     tree = {"x": jnp.zeros(2), "scale": 0.5}
     out = _cond(jnp.asarray(True), lambda t: {**t, "x": t["x"] + 1}, lambda t: t, tree)

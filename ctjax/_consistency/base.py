@@ -3,7 +3,6 @@
 import abc
 
 import equinox as eqx
-import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._schedules import AbstractSchedule
@@ -28,7 +27,7 @@ class AbstractConsistencyModel(eqx.Module):
     def __call__(self, t: ArrayLike, x: ArrayLike, *, key: PRNGKeyArray | None = None) -> Float[Array, " dim"]:
         """$f(t, x)$."""
 
+    @abc.abstractmethod
     def trainable(self) -> PyTree[bool]:
-        """Which leaves are trained: by default none (exact models); learned models mark their
-        network's floating-point arrays."""
-        return jtu.tree_map(lambda _: False, self)
+        """Which leaves are trained (a pytree of bools of the model's structure): none for an exact
+        model, the network's floating-point arrays for a learned one."""

@@ -1,7 +1,8 @@
 """The exact consistency function of an analytic target."""
 
 import equinox as eqx
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+import jax.tree_util as jtu
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._flow import flow_map, gaussian_flow_map
 from .._schedules import AbstractSchedule
@@ -30,6 +31,9 @@ class ExactConsistencyFunction(AbstractConsistencyModel):
     @property
     def dim(self) -> int:
         return self.target.dim
+
+    def trainable(self) -> PyTree[bool]:
+        return jtu.tree_map(lambda _: False, self)
 
     def __call__(self, t: ArrayLike, x: ArrayLike, *, key: PRNGKeyArray | None = None) -> Float[Array, " dim"]:
         del key

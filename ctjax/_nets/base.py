@@ -116,17 +116,6 @@ def validate_dropout(dropout: float) -> float:
     return dropout
 
 
-def validate_int(value: int, name: str, minimum: int = 1) -> int:
-    """`value` as an int, or a ValueError naming `name` unless it is an integer >= `minimum`."""
-    try:
-        ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 _T = TypeVar("_T")
 
 

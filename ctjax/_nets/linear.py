@@ -5,7 +5,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .base import AbstractNetwork, check_inputs, promote_dtypes, validate_int
+from .._misc import validate_int
+from .base import AbstractNetwork, check_inputs, promote_dtypes
 
 
 class LinearNet(AbstractNetwork):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._misc import validate_int
 from .base import (
     AbstractNetwork,
     apply_dropout,
@@ -18,7 +19,6 @@ from .base import (
     param_dtype,
     promote_dtypes,
     validate_dropout,
-    validate_int,
     zero_layer,
 )
 from .embeddings import AbstractEmbedding, FourierEmbedding, SinusoidalEmbedding

@@ -1,14 +1,15 @@
 """The abstract Gaussian interpolant x_t = alpha(t) x0 + sigma(t) z."""
 
 import abc
+from typing import ClassVar, TYPE_CHECKING
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from .._custom_types import RealScalarLike
-from .._misc import is_concrete
+from .._custom_types import DTypeLike, RealScalarLike
+from .._misc import check_value, check_values, is_concrete
 
 
 def vp_coefficients(log_noise: ArrayLike) -> tuple[Array, Array]:
@@ -25,10 +26,12 @@ def karras_noise_levels(noise_min: RealScalarLike, noise_max: RealScalarLike, nu
     """
     if int(num) < 2:
         raise ValueError(f"`num` must be at least 2, got {num}.")
-    if is_concrete((noise_min, noise_max)) and not (0 <= float(noise_min) < float(noise_max) < float("inf")):
-        raise ValueError(
-            f"Need 0 <= noise_min < noise_max < inf, got noise_min={float(noise_min)}, noise_max={float(noise_max)}."
-        )
+    noise_min, noise_max = check_values(
+        ("noise_min", "noise_max"),
+        (noise_min, noise_max),
+        lambda lo, hi: (lo >= 0) & (lo < hi) & jnp.isfinite(hi),
+        "Need 0 <= noise_min < noise_max < inf",
+    )
     frac = jnp.linspace(0.0, 1.0, int(num))
     lo = jnp.asarray(noise_min) ** (1.0 / rho)
     hi = jnp.asarray(noise_max) ** (1.0 / rho)
@@ -43,17 +46,19 @@ class AbstractSchedule(eqx.Module):
     Every schedule reduces to the variance-exploding one through $y = x/\alpha$ with noise level
     $n = \sigma/\alpha$; ctjax's ground truth only needs the log noise level
     $\lambda(t) = \log(\sigma(t)/\alpha(t))$ and its inverse.
+
+    A schedule provides `t_min` and `t_max` (the data and noise ends of its time range) and the
+    primitives `alpha`, `sigma`, `log_noise` and `time_at_log_noise`; the other methods are built on them.
     """
 
-    @property
-    @abc.abstractmethod
-    def t_min(self) -> RealScalarLike:
-        """The data end of the time range."""
-
-    @property
-    @abc.abstractmethod
-    def t_max(self) -> RealScalarLike:
-        """The noise end of the time range."""
+    if TYPE_CHECKING:
+        # An AbstractVar creates no dataclass field at run time, but type checkers take it for one
+        # (a constructor argument of every schedule); to them these are class attributes.
+        t_min: ClassVar[RealScalarLike]
+        t_max: ClassVar[RealScalarLike]
+    else:
+        t_min: eqx.AbstractVar[RealScalarLike]
+        t_max: eqx.AbstractVar[RealScalarLike]
 
     @abc.abstractmethod
     def alpha(self, t: ArrayLike) -> Array:
@@ -72,9 +77,9 @@ class AbstractSchedule(eqx.Module):
         x0 = jnp.asarray(x0)
         return self.alpha(t).astype(x0.dtype) * x0 + self.sigma(t).astype(x0.dtype) * jnp.asarray(z, x0.dtype)
 
+    @abc.abstractmethod
     def log_noise(self, t: ArrayLike) -> Array:
         r"""$\lambda(t) = \log \sigma(t) - \log \alpha(t)$; $-\infty$ where $\sigma = 0$, $+\infty$ where $\alpha = 0$."""
-        return jnp.log(self.sigma(t)) - jnp.log(self.alpha(t))
 
     def noise(self, t: ArrayLike) -> Array:
         r"""The variance-exploding noise level $\sigma(t)/\alpha(t)$."""
@@ -90,11 +95,11 @@ class AbstractSchedule(eqx.Module):
         (a, s), (da, ds) = jax.jvp(lambda u: (self.alpha(u), self.sigma(u)), (t,), (jnp.ones_like(t),))
         return a, s, da, ds
 
-    def uniform_grid(self, num: int) -> Float[Array, " num"]:
-        """`num` equally spaced times from `t_min` to `t_max`."""
+    def uniform_grid(self, num: int, dtype: DTypeLike | None = None) -> Float[Array, " num"]:
+        """`num` equally spaced times from `t_min` to `t_max` (in `dtype`, default JAX's float)."""
         if int(num) < 2:
             raise ValueError(f"`num` must be at least 2, got {num}.")
-        return jnp.linspace(self.t_min, self.t_max, int(num))
+        return jnp.linspace(self.t_min, self.t_max, int(num), dtype=dtype)
 
     def karras_grid(
         self,
@@ -109,9 +114,12 @@ class AbstractSchedule(eqx.Module):
         if noise_min is None:
             noise_min = self.noise(self.t_min)
         if noise_max is None:
-            noise_max = self.noise(self.t_max)
-            if is_concrete(noise_max) and not bool(jnp.isfinite(noise_max)):
-                raise ValueError(f"{type(self).__name__} has infinite noise level at t_max; pass a finite `noise_max`.")
+            noise_max = check_value(
+                self.noise(self.t_max),
+                jnp.isfinite,
+                f"{type(self).__name__} has infinite noise level at t_max; pass a finite `noise_max`",
+                show=False,
+            )
         times = jnp.clip(
             self.time_at_noise(karras_noise_levels(noise_min, noise_max, num, rho)), self.t_min, self.t_max
         )

@@ -8,8 +8,22 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._misc import as_float_array, is_concrete
+from .._misc import as_float_array, check_value, choice_field
 from .base import AbstractSchedule, vp_coefficients
+
+
+def _check_log_alpha_bar(log_alpha_bar: ArrayLike) -> Array:
+    log_alpha_bar = as_float_array(log_alpha_bar, "log_alpha_bar")
+    if log_alpha_bar.ndim != 1 or log_alpha_bar.shape[0] < 2:
+        raise ValueError(
+            f"`log_alpha_bar` must be a vector of at least 2 stages, got shape {tuple(log_alpha_bar.shape)}."
+        )
+    return check_value(
+        log_alpha_bar,
+        lambda lab: jnp.all(jnp.isfinite(lab)) & jnp.all(lab < 0) & jnp.all(jnp.diff(lab) < 0),
+        "`log_alpha_bar` must be finite, negative and strictly decreasing (every beta_k in (0, 1))",
+        show=False,
+    )
 
 
 class DiscreteVP(AbstractSchedule):
@@ -22,23 +36,10 @@ class DiscreteVP(AbstractSchedule):
     two grid points depends only on their noise levels, so both give the same flow there.
     """
 
-    log_alpha_bar: Float[Array, " T"]
-    interpolation: Literal["log_alpha_bar", "log_snr"] = eqx.field(static=True, default="log_alpha_bar")
-
-    def __init__(self, log_alpha_bar: ArrayLike, interpolation: str = "log_alpha_bar"):
-        log_alpha_bar = as_float_array(log_alpha_bar, "log_alpha_bar")
-        if log_alpha_bar.ndim != 1 or log_alpha_bar.shape[0] < 2:
-            raise ValueError(f"`log_alpha_bar` must be a vector of at least 2 stages, got shape {log_alpha_bar.shape}.")
-        if interpolation not in ("log_alpha_bar", "log_snr"):
-            raise ValueError(f"`interpolation` must be 'log_alpha_bar' or 'log_snr', got {interpolation!r}.")
-        if is_concrete(log_alpha_bar):
-            lab = np.asarray(log_alpha_bar)
-            if not np.all(np.isfinite(lab)) or not np.all(lab < 0) or not np.all(np.diff(lab) < 0):
-                raise ValueError(
-                    "`log_alpha_bar` must be finite, negative and strictly decreasing (every beta_k in (0, 1))."
-                )
-        self.log_alpha_bar = log_alpha_bar
-        self.interpolation = interpolation
+    log_alpha_bar: Float[Array, " T"] = eqx.field(converter=_check_log_alpha_bar)
+    interpolation: str = eqx.field(
+        static=True, default="log_alpha_bar", converter=choice_field("interpolation", ("log_alpha_bar", "log_snr"))
+    )
 
     @classmethod
     def from_betas(
@@ -92,9 +93,6 @@ class DiscreteVP(AbstractSchedule):
     def stage_times(self) -> Float[Array, " T"]:
         r"""The stage grid $t = 1, \dots, T$."""
         return jnp.arange(1, self.num_steps + 1, dtype=self.log_alpha_bar.dtype)
-
-    def uniform_grid(self, num: int) -> Float[Array, " num"]:
-        return jnp.linspace(1.0, float(self.num_steps), int(num), dtype=self.log_alpha_bar.dtype)
 
     def alpha_bar(self) -> Float[Array, " T"]:
         r"""$\bar\alpha_k$ at the stages."""

@@ -1,10 +1,11 @@
 """TrigFlow (Lu and Song 2024)."""
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from .._custom_types import RealScalarLike
-from .._misc import is_concrete
+from .._misc import positive_field
 from .base import AbstractSchedule
 
 
@@ -14,11 +15,7 @@ class TrigFlow(AbstractSchedule):
     The noise level is $\sigma_d \tan t$; EDM's $\sigma$ corresponds to $t = \arctan(\sigma/\sigma_d)$.
     """
 
-    sigma_data: RealScalarLike = 0.5
-
-    def __check_init__(self):
-        if is_concrete(self.sigma_data) and not float(self.sigma_data) > 0.0:
-            raise ValueError(f"TrigFlow needs sigma_data > 0, got {float(self.sigma_data)}.")
+    sigma_data: RealScalarLike = eqx.field(default=0.5, converter=positive_field("sigma_data"))
 
     @property
     def t_min(self) -> float:
@@ -34,6 +31,10 @@ class TrigFlow(AbstractSchedule):
 
     def sigma(self, t: ArrayLike) -> Array:
         return jnp.asarray(self.sigma_data * jnp.sin(jnp.asarray(t)))
+
+    def log_noise(self, t: ArrayLike) -> Array:
+        # log(sigma_d tan t), as log(sigma) - log(alpha): +inf at pi/2, where alpha is clipped to 0.
+        return jnp.log(self.sigma(t)) - jnp.log(self.alpha(t))
 
     def time_at_log_noise(self, log_noise: ArrayLike) -> Array:
         return jnp.clip(jnp.arctan(jnp.exp(jnp.asarray(log_noise)) / self.sigma_data), 0.0, self.t_max)

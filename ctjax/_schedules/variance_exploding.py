@@ -4,7 +4,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from .._custom_types import RealScalarLike
-from .._misc import is_concrete
+from .._misc import check_fields
 from .base import AbstractSchedule
 
 
@@ -18,12 +18,12 @@ class VarianceExploding(AbstractSchedule):
     sigma_max: RealScalarLike = 80.0
 
     def __check_init__(self):
-        if is_concrete((self.sigma_min, self.sigma_max)):
-            lo, hi = float(self.sigma_min), float(self.sigma_max)
-            if not (0.0 <= lo < hi < float("inf")):
-                raise ValueError(
-                    f"VarianceExploding needs 0 <= sigma_min < sigma_max < inf, got sigma_min={lo}, sigma_max={hi}."
-                )
+        check_fields(
+            self,
+            ("sigma_min", "sigma_max"),
+            lambda lo, hi: (lo >= 0) & (lo < hi) & jnp.isfinite(hi),
+            "VarianceExploding needs 0 <= sigma_min < sigma_max < inf",
+        )
 
     @property
     def t_min(self) -> RealScalarLike:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from .._custom_types import RealScalarLike
-from .._misc import is_concrete
+from .._misc import check_fields
 from .base import AbstractSchedule
 
 
@@ -20,15 +20,18 @@ class VariancePreserving(AbstractSchedule):
     t_end: RealScalarLike = 1.0
 
     def __check_init__(self):
-        if is_concrete((self.beta_min, self.beta_max, self.t_start, self.t_end)):
-            bmin, bmax = float(self.beta_min), float(self.beta_max)
-            if not (0.0 <= bmin <= bmax and bmax > 0.0):
-                raise ValueError(
-                    f"VariancePreserving needs 0 <= beta_min <= beta_max with beta_max > 0, "
-                    f"got beta_min={bmin}, beta_max={bmax}."
-                )
-            if not float(self.t_start) >= 0.0:
-                raise ValueError(f"VariancePreserving needs t_start >= 0, got {float(self.t_start)}.")
+        check_fields(
+            self,
+            ("beta_min", "beta_max"),
+            lambda lo, hi: (lo >= 0) & (lo <= hi) & (hi > 0) & jnp.isfinite(hi),
+            "VariancePreserving needs 0 <= beta_min <= beta_max < inf with beta_max > 0",
+        )
+        check_fields(
+            self,
+            ("t_start", "t_end"),
+            lambda lo, hi: (lo >= 0) & (lo < hi) & jnp.isfinite(hi),
+            "VariancePreserving needs 0 <= t_start < t_end < inf",
+        )
 
     @property
     def t_min(self) -> RealScalarLike:

@@ -1,44 +1,59 @@
 """Trainers: pure `init`/`step` over an immutable `TrainState`, and `fit` to run them."""
 
-from .base import AbstractTrainer as AbstractTrainer
-from .consistency import cd as cd, ConsistencyTrainer as ConsistencyTrainer, ct as ct, ict as ict
-from .continuous import (
-    AdaptiveWeighting as AdaptiveWeighting,
+from ._adaptive_weighting import AdaptiveWeighting as AdaptiveWeighting
+from ._base import (
+    AbstractEMATrainer as AbstractEMATrainer,
+    AbstractTrainer as AbstractTrainer,
+    TrainState as TrainState,
+)
+from ._consistency import cd as cd, ConsistencyTrainer as ConsistencyTrainer, ct as ct, ict as ict
+from ._continuous import (
     ContinuousConsistencyTrainer as ContinuousConsistencyTrainer,
     scd as scd,
     sct as sct,
+    Tangents as Tangents,
 )
-from .curricula import (
+from ._curricula import (
     AbstractCurriculum as AbstractCurriculum,
-    AbstractGrid as AbstractGrid,
-    AbstractIndexSampler as AbstractIndexSampler,
-    AbstractTeacher as AbstractTeacher,
-    AdaptiveEMATeacher as AdaptiveEMATeacher,
     ConstantCurriculum as ConstantCurriculum,
-    DiscreteLogNormal as DiscreteLogNormal,
     DoublingCurriculum as DoublingCurriculum,
-    EMATeacher as EMATeacher,
-    FixedGrid as FixedGrid,
-    karras_times as karras_times,
-    KarrasGrid as KarrasGrid,
     SqrtCurriculum as SqrtCurriculum,
-    StopGradientTeacher as StopGradientTeacher,
-    UniformIndex as UniformIndex,
 )
-from .diffusion import (
+from ._diffusion import (
     DenoisingTrainer as DenoisingTrainer,
     diffusion_pretraining as diffusion_pretraining,
     FlowMatchingTrainer as FlowMatchingTrainer,
     LearnedVelocity as LearnedVelocity,
 )
-from .ect import ect as ect, ECTTrainer as ECTTrainer
-from .fit import fit as fit
-from .pairing import (
+from ._ect import ect as ect, ECTTrainer as ECTTrainer
+from ._fit import DATA_AXIS as DATA_AXIS, fit as fit
+from ._grids import (
+    AbstractGrid as AbstractGrid,
+    FixedGrid as FixedGrid,
+    karras_times as karras_times,
+    KarrasGrid as KarrasGrid,
+)
+from ._index_sampling import (
+    AbstractIndexSampler as AbstractIndexSampler,
+    DiscreteLogNormal as DiscreteLogNormal,
+    UniformIndex as UniformIndex,
+)
+from ._pairing import (
     AbstractPairing as AbstractPairing,
     CoupledNoise as CoupledNoise,
     ExactVelocity as ExactVelocity,
     ODEStep as ODEStep,
 )
-from .staged import staged_shared as staged_shared, StagedConsistencyTraining as StagedConsistencyTraining
-from .state import TrainState as TrainState
-from .tuning import PretrainThenTune as PretrainThenTune
+from ._staged import (
+    staged_shared as staged_shared,
+    StagedConsistencyTraining as StagedConsistencyTraining,
+    StageProgress as StageProgress,
+)
+from ._teachers import (
+    AbstractTeacher as AbstractTeacher,
+    AdaptiveEMATeacher as AdaptiveEMATeacher,
+    EMATeacher as EMATeacher,
+    StopGradientTeacher as StopGradientTeacher,
+)
+from ._time_sampling import lognormal_times as lognormal_times
+from ._tuning import PretrainThenTune as PretrainThenTune

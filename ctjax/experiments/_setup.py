@@ -19,6 +19,7 @@ from .._consistency import (
     StagedConsistencyModel,
     TrigFlowScalings,
 )
+from .._custom_types import Data
 from .._nets import ConvNet, MLP
 from .._schedules import AbstractSchedule, DiscreteVP, TrigFlow, VarianceExploding
 from .._targets import AbstractTarget, Empirical, GaussianMixture
@@ -35,7 +36,7 @@ from ..training import (
     staged_shared,
     StagedConsistencyTraining,
 )
-from .config import TrainConfig
+from ._config import TrainConfig
 
 
 class ConfigError(ValueError):
@@ -46,7 +47,7 @@ class ConfigError(ValueError):
 class Problem:
     name: str
     target: AbstractTarget
-    data: object  # what fit() samples from: the target itself or an (N, d) array
+    data: Data  # what fit() samples from: the target itself or an (N, d) array
     sigma_data: float
     image_shape: tuple[int, int, int] | None = None
 

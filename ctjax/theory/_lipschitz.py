@@ -13,7 +13,7 @@ from .._consistency import StagedConsistencyModel
 from .._misc import as_float_array, check_finite, check_time
 from .._schedules import AbstractSchedule
 from .._targets import AbstractTarget, Gaussian
-from .gaussian_oracle import host_eigh
+from ._gaussian_oracle import host_eigh
 
 
 def gaussian_flow_map_lipschitz(

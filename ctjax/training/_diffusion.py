@@ -15,24 +15,23 @@ The trained model (`trainer.result(state)`) can be passed straight to `ECTTraine
 `ContinuousConsistencyTrainer.init` or wrapped as a teacher.
 """
 
-import abc
+from typing import cast
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import optax
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._consistency import AbstractConsistencyModel, ConsistencyFunction, EDMScalings, TrigFlowScalings
-from .._custom_types import RealScalarLike
-from .._misc import is_concrete
+from .._custom_types import Batch, RealScalarLike
+from .._misc import check_ema_rate, check_instance, check_optimizer, check_p_std, finite_field, positive_field
 from .._nets import AbstractNetwork
 from .._schedules import AbstractSchedule, TrigFlow
-from .base import AbstractTrainer
-from .continuous import check_trigflow_model, network_output, trigflow_draw, trigflow_sigma_data
-from .curricula import check_p_std, lognormal_times
-from .state import check_ema_rate, plain_init, plain_step, TrainState
+from ._base import AbstractEMATrainer, TrainState
+from ._time_sampling import lognormal_times
+from ._trigflow import check_trigflow_model, network_output, trigflow_draw, trigflow_sigma_data
 
 
 class LearnedVelocity(eqx.Module):
@@ -45,20 +44,18 @@ class LearnedVelocity(eqx.Module):
     """
 
     net: AbstractNetwork
-    sigma_data: RealScalarLike = 0.5
-    time_scale: RealScalarLike = 1.0
+    sigma_data: RealScalarLike = eqx.field(default=0.5, converter=positive_field("sigma_data"))
+    time_scale: RealScalarLike = eqx.field(default=1.0, converter=finite_field("time_scale"))
 
     def __check_init__(self):
-        if is_concrete(self.sigma_data) and not float(self.sigma_data) > 0:
-            raise ValueError(f"LearnedVelocity needs sigma_data > 0, got {float(self.sigma_data)}.")
+        check_instance(self.net, AbstractNetwork, "net", "a ctjax network (an AbstractNetwork)")
 
     @classmethod
     def from_model(cls, model: ConsistencyFunction) -> "LearnedVelocity":
         r"""The velocity of a TrigFlow `ConsistencyFunction`'s network (same $\sigma_d$ and time scale)."""
-        sigma_data = trigflow_sigma_data(model)
-        scalings = model.scalings
-        assert isinstance(scalings, TrigFlowScalings)
-        return cls(model.net, sigma_data, scalings.time_scale)
+        model = check_trigflow_model(model)
+        scalings = cast(TrigFlowScalings, model.scalings)
+        return cls(model.net, scalings.sigma_data, scalings.time_scale)
 
     def __call__(self, t: ArrayLike, x: ArrayLike) -> Float[Array, " dim"]:
         x = jnp.asarray(x)
@@ -67,32 +64,7 @@ class LearnedVelocity(eqx.Module):
         return sd * self.net(x / sd, jnp.asarray(self.time_scale, x.dtype) * t)
 
 
-class _PretrainingTrainer(AbstractTrainer):
-    """Shared init/step/result: one optimiser on the model's trainable arrays, an evaluation EMA."""
-
-    optimizer: eqx.AbstractVar[optax.GradientTransformation]
-    ema_rate: eqx.AbstractVar[float | None]
-
-    @abc.abstractmethod
-    def check_model(self, model: AbstractConsistencyModel) -> None:
-        """Raise a TypeError/ValueError for a model this trainer cannot train."""
-
-    @abc.abstractmethod
-    def loss(self, model, batch: Array, key: PRNGKeyArray) -> tuple[Array, dict[str, Array]]:
-        """The mean loss over `batch` `(B, dim)`."""
-
-    def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
-        self.check_model(model)
-        return plain_init(self.optimizer, model, self.ema_rate, key)
-
-    def step(self, state: TrainState, batch: Array, *, key: PRNGKeyArray) -> tuple[TrainState, dict[str, Array]]:
-        return plain_step(self.optimizer, state, lambda model: self.loss(model, batch, key), self.ema_rate)
-
-    def result(self, state: TrainState) -> ConsistencyFunction:
-        return state.model if state.ema is None else state.ema
-
-
-class FlowMatchingTrainer(_PretrainingTrainer):
+class FlowMatchingTrainer(AbstractEMATrainer):
     r"""TrigFlow flow matching (sCM's diffusion pre-training) of a TrigFlow `ConsistencyFunction`:
 
     $E\,\|\sigma_d F_\theta(x_t/\sigma_d, t) - \tfrac{dx_t}{dt}\|^2$, with $x_t = \cos t\, x_0 + \sin t\, z$,
@@ -103,6 +75,8 @@ class FlowMatchingTrainer(_PretrainingTrainer):
     velocity (the sCD teacher), and the model itself (a denoiser-shaped consistency function) is the
     usual initialisation for sCT/sCD.
 
+    **Metrics:** `loss`, `grad_norm`.
+
     **Arguments:**
 
     - `optimizer`: an `optax.GradientTransformation`.
@@ -110,19 +84,27 @@ class FlowMatchingTrainer(_PretrainingTrainer):
     - `ema_rate`: rate of the evaluation EMA (None: none).
     """
 
-    optimizer: optax.GradientTransformation
-    p_mean: float = -1.0
-    p_std: float = 1.4
-    ema_rate: float | None = 0.999
+    optimizer: optax.GradientTransformation = eqx.field(converter=check_optimizer)
+    p_mean: float = eqx.field(default=-1.0, converter=finite_field("p_mean"))
+    p_std: float = eqx.field(default=1.4, converter=check_p_std)
+    ema_rate: float | None = eqx.field(default=0.999, converter=check_ema_rate)
 
-    def __check_init__(self):
-        check_p_std(self.p_std)
-        check_ema_rate(self.ema_rate)
+    def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
+        return self.initial_state(check_trigflow_model(model), key=key)
 
-    def check_model(self, model: AbstractConsistencyModel) -> None:
-        check_trigflow_model(model)
+    def teacher_decay(self, step: Int[Array, ""]) -> None:
+        return None
 
-    def loss(self, model, batch: Array, key: PRNGKeyArray) -> tuple[Array, dict[str, Array]]:
+    def loss(
+        self,
+        model: ConsistencyFunction,
+        extra: None,
+        teacher: None,
+        batch: Batch,
+        step: Int[Array, ""],
+        key: PRNGKeyArray,
+    ) -> tuple[Array, dict[str, Array]]:
+        """The mean flow-matching loss over `batch` `(B, dim)` (no extra state, no teacher; any step)."""
         sd = trigflow_sigma_data(model)
         t, x_t, dx_dt, drop_keys = trigflow_draw(model, batch, key, self.p_mean, self.p_std)
         F = jax.vmap(lambda t_, x_, k_: network_output(model, t_, x_, key=k_))(t, x_t, drop_keys)
@@ -130,7 +112,7 @@ class FlowMatchingTrainer(_PretrainingTrainer):
         return jnp.mean(per_example), {}
 
 
-class DenoisingTrainer(_PretrainingTrainer):
+class DenoisingTrainer(AbstractEMATrainer):
     r"""EDM denoising pre-training of a `ConsistencyFunction` on any schedule (ECT's starting point
     on the variance-exploding one):
 
@@ -144,6 +126,8 @@ class DenoisingTrainer(_PretrainingTrainer):
     $\|f - x_0\|/t$, whose minimiser is a conditional geometric median rather than the posterior
     mean; this trainer is EDM's squared loss, as in the checkpoints ECT starts from.)
 
+    **Metrics:** `loss`, `grad_norm`.
+
     **Arguments:**
 
     - `optimizer`: an `optax.GradientTransformation`.
@@ -151,25 +135,33 @@ class DenoisingTrainer(_PretrainingTrainer):
     - `ema_rate`: rate of the evaluation EMA (None: none).
     """
 
-    optimizer: optax.GradientTransformation
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    ema_rate: float | None = 0.999
+    optimizer: optax.GradientTransformation = eqx.field(converter=check_optimizer)
+    p_mean: float = eqx.field(default=-1.2, converter=finite_field("p_mean"))
+    p_std: float = eqx.field(default=1.2, converter=check_p_std)
+    ema_rate: float | None = eqx.field(default=0.999, converter=check_ema_rate)
 
-    def __check_init__(self):
-        check_p_std(self.p_std)
-        check_ema_rate(self.ema_rate)
-
-    def check_model(self, model: AbstractConsistencyModel) -> None:
+    def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
         if not isinstance(model, ConsistencyFunction):
             raise TypeError(f"DenoisingTrainer needs a ctjax.ConsistencyFunction, got {type(model).__name__}.")
         if not isinstance(model.scalings, (EDMScalings, TrigFlowScalings)):
             raise TypeError(
                 f"DenoisingTrainer needs EDMScalings or TrigFlowScalings, got {type(model.scalings).__name__}."
             )
+        return self.initial_state(model, key=key)
 
-    def loss(self, model, batch: Array, key: PRNGKeyArray) -> tuple[Array, dict[str, Array]]:
-        self.check_model(model)
+    def teacher_decay(self, step: Int[Array, ""]) -> None:
+        return None
+
+    def loss(
+        self,
+        model: ConsistencyFunction,
+        extra: None,
+        teacher: None,
+        batch: Batch,
+        step: Int[Array, ""],
+        key: PRNGKeyArray,
+    ) -> tuple[Array, dict[str, Array]]:
+        """The mean denoising loss over `batch` `(B, dim)` (no extra state, no teacher; any step)."""
         schedule: AbstractSchedule = model.schedule
         num_batch, dtype = batch.shape[0], batch.dtype
         k_time, k_noise, k_drop = jr.split(key, 3)
@@ -179,7 +171,7 @@ class DenoisingTrainer(_PretrainingTrainer):
         eps = jr.normal(k_noise, batch.shape, dtype)
         x_t = a[:, None] * batch + s[:, None] * eps
         f = jax.vmap(lambda t_, x_, k_: model(t_, x_, key=k_))(t, x_t, jr.split(k_drop, num_batch))
-        sd = jnp.asarray(model.scalings.sigma_data, dtype)
+        sd = jnp.asarray(cast(EDMScalings | TrigFlowScalings, model.scalings).sigma_data, dtype)
         # lambda(n) = 1/n^2 + 1/sd^2 with n = s/a, written to stay finite where a = 0.
         weight = (a / s) ** 2 + 1.0 / sd**2
         per_example = weight * jnp.sum((f - batch) ** 2, axis=-1)

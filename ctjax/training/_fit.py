@@ -1,6 +1,7 @@
 """Run many training steps inside `lax.scan`, with a host-side progress bar."""
 
 import time
+import warnings
 from collections.abc import Callable
 
 import equinox as eqx
@@ -9,14 +10,14 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxtyping import Array
+from jaxtyping import Array, PRNGKeyArray
 
+from .._custom_types import Data
 from .._targets import AbstractTarget
-from .base import AbstractTrainer
-from .state import step_key, TrainState
+from ._base import AbstractTrainer, step_key, TrainState
 
 
-def draw_batch(data, key, batch_size: int) -> Array:
+def draw_batch(data: Data, key: PRNGKeyArray, batch_size: int) -> Array:
     """`batch_size` examples from a target (sampled) or an `(N, dim)` data array (with replacement)."""
     if isinstance(data, AbstractTarget):
         return data.sample(key, batch_size)
@@ -24,6 +25,7 @@ def draw_batch(data, key, batch_size: int) -> Array:
 
 
 DATA_AXIS = "data"
+"""The name of the mesh axis that `fit` shards the batch over (`jax.make_mesh((n,), (DATA_AXIS,))`)."""
 
 
 def _check_mesh(mesh, batch_size: int) -> None:
@@ -53,11 +55,12 @@ def _check_dims(state: TrainState, data) -> None:
         )
 
 
-def _check_data(data, batch_size: int) -> None:
+def _check_data(data: Data, batch_size: int) -> Data:
+    """`data`, checked (integer arrays become the default floating dtype)."""
     if int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
     if isinstance(data, AbstractTarget):
-        return
+        return data
     if not (hasattr(data, "ndim") and data.ndim == 2 and data.shape[0] > 0):
         raise ValueError(
             f"`data` must be a ctjax target or a non-empty (N, dim) array, got {type(data).__name__} "
@@ -69,13 +72,22 @@ def _check_data(data, batch_size: int) -> None:
     # One reduction where the data live (no copy to the host).
     if getattr(data, "is_fully_addressable", True) and not bool(jnp.all(jnp.isfinite(data))):
         raise ValueError("`data` contains NaN or infinite values; remove or impute them before training.")
+    if int(batch_size) > data.shape[0]:
+        warnings.warn(
+            f"`batch_size` ({batch_size}) is larger than the data set ({data.shape[0]} points): each batch "
+            "repeats points (batches are drawn with replacement).",
+            stacklevel=3,
+        )
+    if np.issubdtype(dtype, np.integer):
+        data = jnp.asarray(data, jnp.result_type(float))
+    return data
 
 
 @eqx.filter_jit
 def run_chunk(
     trainer: AbstractTrainer,
     state: TrainState,
-    data,
+    data: Data,
     num_active: Array,
     batch_size: int,
     chunk_size: int,
@@ -110,7 +122,7 @@ def run_chunk(
 def fit(
     trainer: AbstractTrainer,
     state: TrainState,
-    data,
+    data: Data,
     *,
     num_steps: int,
     batch_size: int,
@@ -135,9 +147,10 @@ def fit(
       `data` are replicated; the steps and their randomness are those of a single-device run.
       `batch_size` must be divisible by the size of the axis. None: the default device.
 
-    **Returns:** the final state and the per-step metrics history (NumPy arrays of length `num_steps`).
+    **Returns:** the final state and the per-step metrics history: NumPy arrays of length `num_steps`
+    under the names of the trainer's metrics (each trainer's docstring lists them).
     """
-    _check_data(data, batch_size)
+    data = _check_data(data, batch_size)
     _check_dims(state, data)
     if mesh is not None:
         _check_mesh(mesh, batch_size)

@@ -11,13 +11,13 @@ import jax.random as jr
 import numpy as np
 
 from .. import metrics
-from .._consistency import ExactConsistencyFunction, StagedConsistencyModel
+from .._consistency import ExactConsistencyFunction
 from .._sampling import sample as sample_model
 from .._schedules import DiscreteVP
 from ..training import fit
-from .checkpoint import _atomic_write, CheckpointError, load_checkpoint, save_checkpoint
-from .config import EvalConfig, PlotConfig, SampleConfig, to_json, train_config_from_json, TrainConfig
-from .setup import (
+from ._checkpoint import _atomic_write, load_checkpoint, save_checkpoint
+from ._config import EvalConfig, PlotConfig, SampleConfig, to_json, train_config_from_json, TrainConfig
+from ._setup import (
     build_mesh,
     build_method,
     build_problem,
@@ -258,7 +258,7 @@ def sample(cfg: SampleConfig) -> pathlib.Path:
 
 def plot(cfg: PlotConfig) -> list[pathlib.Path]:
     """Figures as PNG in RUN/figures."""
-    from . import plots
+    from . import _plots as plots
 
     train_cfg, problem, trainer, state = load_run(cfg.run)
     out_dir = pathlib.Path(cfg.run) / "figures"
@@ -270,16 +270,3 @@ def plot(cfg: PlotConfig) -> list[pathlib.Path]:
     paths = plots.make_figures(trainer.result(state), problem, history, evaluation, out_dir, num=cfg.num, sigma_data=sd)
     print("figures: " + ", ".join(os.fspath(p) for p in paths))
     return paths
-
-
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "TrainingDiverged",
-    "evaluate",
-    "load_run",
-    "plot",
-    "sample",
-    "train",
-    "StagedConsistencyModel",
-]

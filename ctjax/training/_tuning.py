@@ -8,10 +8,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
 from .._consistency import AbstractConsistencyModel
-from .._misc import is_concrete
-from .._nets.base import validate_int
-from .base import AbstractTrainer
-from .state import partition_trainable, TrainState, tree_select
+from .._custom_types import Batch
+from .._misc import check_instance, int_field, is_concrete
+from ._base import AbstractTrainer, partition_trainable, TrainState, tree_select
 
 
 def _with_step(state: TrainState, step) -> TrainState:
@@ -83,15 +82,11 @@ class PretrainThenTune(AbstractTrainer):
 
     pretrain: AbstractTrainer
     tune: AbstractTrainer
-    pretrain_steps: int = eqx.field(static=True)
+    pretrain_steps: int = eqx.field(static=True, converter=int_field("pretrain_steps", 0))
 
-    def __init__(self, pretrain: AbstractTrainer, tune: AbstractTrainer, pretrain_steps: int):
-        for name, trainer in (("pretrain", pretrain), ("tune", tune)):
-            if not isinstance(trainer, AbstractTrainer):
-                raise TypeError(f"`{name}` must be a ctjax trainer, got {type(trainer).__name__}.")
-        self.pretrain = pretrain
-        self.tune = tune
-        self.pretrain_steps = validate_int(pretrain_steps, "pretrain_steps", minimum=0)
+    def __check_init__(self):
+        check_instance(self.pretrain, AbstractTrainer, "pretrain", "a ctjax trainer")
+        check_instance(self.tune, AbstractTrainer, "tune", "a ctjax trainer")
 
     def _handover(self, state: TrainState) -> TrainState:
         tuned = self.tune.init(self.pretrain.result(state), key=state.key)
@@ -121,7 +116,7 @@ class PretrainThenTune(AbstractTrainer):
             )
         return state
 
-    def step(self, state: TrainState, batch: Array, *, key: PRNGKeyArray) -> tuple[TrainState, dict[str, Array]]:
+    def step(self, state: TrainState, batch: Batch, *, key: PRNGKeyArray) -> tuple[TrainState, dict[str, Array]]:
         n = self.pretrain_steps
         shapes = {
             **eqx.filter_eval_shape(self.pretrain.step, state, batch, key=key)[1],

@@ -2,19 +2,31 @@
 ODE step of a velocity field (distillation)."""
 
 import abc
-from collections.abc import Callable
+from typing import Any, cast
 
 import equinox as eqx
 import jax
 from jaxtyping import Array, ArrayLike, Float
 
+from .._custom_types import Velocity
 from .._flow import velocity as exact_velocity_fn
+from .._misc import check_instance, choice_field
 from .._schedules import AbstractSchedule
 from .._targets import AbstractTarget
 
 
+def _check_velocity(velocity: Any) -> Velocity:
+    if not callable(velocity):
+        raise TypeError(
+            f"`velocity` must be a per-example callable (t, x) -> dx/dt such as ExactVelocity(target, schedule), "
+            f"got {type(velocity).__name__}."
+        )
+    return cast(Velocity, velocity)
+
+
 class AbstractPairing(eqx.Module):
-    """Builds $x_{t_{lo}}$ from data $x_0$, noise $z$ and the student's point $x_{t_{hi}}$."""
+    r"""Builds the teacher's point $x_{t_{lo}}$ from data $x_0$, noise $z$ and the student's point
+    $x_{t_{hi}}$: the `pairing` field of the discrete-time trainers (`ConsistencyTrainer`, `ECTTrainer`)."""
 
     @abc.abstractmethod
     def earlier(self, schedule: AbstractSchedule, x0: Array, z: Array, x_hi: Array, t_lo: Array, t_hi: Array) -> Array:
@@ -34,6 +46,10 @@ class ExactVelocity(eqx.Module):
     target: AbstractTarget
     schedule: AbstractSchedule
 
+    def __check_init__(self):
+        check_instance(self.target, AbstractTarget, "target", "a ctjax target")
+        check_instance(self.schedule, AbstractSchedule, "schedule", "a ctjax schedule")
+
     def __call__(self, t: ArrayLike, x: ArrayLike) -> Float[Array, " dim"]:
         return exact_velocity_fn(self.target, self.schedule, t, x)
 
@@ -44,12 +60,8 @@ class ODEStep(AbstractPairing):
     trapezoidal correction). `velocity` is any per-example callable `(t, x) -> dx/dt`, e.g.
     `ExactVelocity(target, schedule)` or a learned flow-matching model."""
 
-    velocity: Callable[[Array, Array], Array]
-    method: str = eqx.field(static=True, default="heun")
-
-    def __check_init__(self):
-        if self.method not in ("euler", "heun"):
-            raise ValueError(f"ODEStep `method` must be 'euler' or 'heun', got {self.method!r}.")
+    velocity: Velocity = eqx.field(converter=_check_velocity)
+    method: str = eqx.field(static=True, default="heun", converter=choice_field("method", ("euler", "heun")))
 
     def earlier(self, schedule, x0, z, x_hi, t_lo, t_hi):
         h = (t_lo - t_hi).astype(x_hi.dtype)

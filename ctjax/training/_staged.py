@@ -6,13 +6,19 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 import optax
-from jaxtyping import Array, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray, PyTree
 
 from .._consistency import AbstractConsistencyModel, StagedConsistencyModel
 from .._consistency.function import apply_scalings
+from .._custom_types import Batch
 from .._losses import AbstractDistance, SquaredL2
-from .base import AbstractTrainer
-from .state import gradient_step, partition_trainable, TrainState, tree_select
+from .._misc import check_instance, check_optimizer, choice_field, int_field
+from ._base import AbstractTrainer, check_batch, gradient_step, partition_trainable, TrainState, tree_select
+from ._consistency import ConsistencyTrainer
+from ._curricula import ConstantCurriculum
+from ._grids import FixedGrid
+from ._index_sampling import UniformIndex
+from ._teachers import StopGradientTeacher
 
 
 def _stage_pair(model: StagedConsistencyModel, batch: Array, key: PRNGKeyArray, k: Array):
@@ -22,6 +28,17 @@ def _stage_pair(model: StagedConsistencyModel, batch: Array, key: PRNGKeyArray, 
     z = jr.normal(key, batch.shape, dtype)
     x_k, x_prev = sched.interpolate(t_k, batch, z), sched.interpolate(t_prev, batch, z)
     return t_k, t_prev, x_k, x_prev
+
+
+class StageProgress(eqx.Module):
+    """The sequential staged trainer's own state (`TrainState.extra`)."""
+
+    current: PyTree
+    """The floating-point arrays of the stage being trained."""
+    stage: Int[Array, ""]
+    """Its 0-based index $k$ in the stack ($k = 1$ is the paper's $f_2$); `num_stages` once all are trained."""
+    stage_step: Int[Array, ""]
+    """Steps taken in the current stage."""
 
 
 class StagedConsistencyTraining(AbstractTrainer):
@@ -37,29 +54,29 @@ class StagedConsistencyTraining(AbstractTrainer):
       predecessor (each stage sees the batch with its own noise).
 
     The model is a `StagedConsistencyModel`. For a shared-weights variant (one network
-    conditioned on $t$), use `ctjax.training.staged_shared`.
+    conditioned on $t$), use `ctjax.training.staged_shared`. There is no evaluation EMA:
+    `result(state)` is the model. In sequential mode the state's `extra` is a `StageProgress`.
+
+    **Metrics:** `loss`, `grad_norm` and, in sequential mode, `stage` (the paper's 1-based $k$ of
+    the stage trained, $2..T$; it stays at $T$ once every stage is trained).
+
+    **Arguments:**
+
+    - `optimizer`: an `optax.GradientTransformation`.
+    - `mode`: `"sequential"` (the paper) or `"simultaneous"`.
+    - `steps_per_stage`: steps per stage (sequential), or steps of the whole run (simultaneous).
+    - `distance`: $d$ of the stage loss (`SquaredL2()`, the paper's, by default).
     """
 
-    optimizer: optax.GradientTransformation
-    mode: str = eqx.field(static=True)
-    steps_per_stage: int = eqx.field(static=True)
-    distance: AbstractDistance
+    optimizer: optax.GradientTransformation = eqx.field(converter=check_optimizer)
+    mode: str = eqx.field(
+        static=True, default="sequential", converter=choice_field("mode", ("sequential", "simultaneous"))
+    )
+    steps_per_stage: int = eqx.field(static=True, default=1000, converter=int_field("steps_per_stage", 1))
+    distance: AbstractDistance = SquaredL2()
 
-    def __init__(
-        self,
-        optimizer: optax.GradientTransformation,
-        mode: str = "sequential",
-        steps_per_stage: int = 1000,
-        distance: AbstractDistance | None = None,
-    ):
-        if mode not in ("sequential", "simultaneous"):
-            raise ValueError(f"`mode` must be 'sequential' or 'simultaneous', got {mode!r}.")
-        if int(steps_per_stage) < 1:
-            raise ValueError(f"`steps_per_stage` must be at least 1, got {steps_per_stage}.")
-        self.optimizer = optimizer
-        self.mode = mode
-        self.steps_per_stage = int(steps_per_stage)
-        self.distance = SquaredL2() if distance is None else distance
+    def __check_init__(self):
+        check_instance(self.distance, AbstractDistance, "distance", "a distance such as SquaredL2()")
 
     def total_steps(self, model: StagedConsistencyModel) -> int:
         """Steps until the last stage is trained (sequential: (T - 1) x steps_per_stage)."""
@@ -73,10 +90,10 @@ class StagedConsistencyTraining(AbstractTrainer):
         step = jnp.zeros((), jnp.int32)
         if self.mode == "simultaneous":
             params, _ = partition_trainable(model)
-            return TrainState(model, self.optimizer.init(params), step, key)
+            return TrainState(model=model, opt_state=self.optimizer.init(params), step=step, key=key)
         current = eqx.filter(model.stage_net(1), eqx.is_inexact_array)
-        extra = {"current": current, "stage": jnp.asarray(1, jnp.int32), "stage_step": jnp.zeros((), jnp.int32)}
-        return TrainState(model, self.optimizer.init(current), step, key, extra=extra)
+        extra = StageProgress(current=current, stage=jnp.asarray(1, jnp.int32), stage_step=jnp.zeros((), jnp.int32))
+        return TrainState(model=model, opt_state=self.optimizer.init(current), step=step, key=key, extra=extra)
 
     # -- sequential -------------------------------------------------------------------------
 
@@ -94,11 +111,12 @@ class StagedConsistencyTraining(AbstractTrainer):
 
     def _sequential_step(self, state: TrainState, batch: Array, key: PRNGKeyArray):
         model: StagedConsistencyModel = state.model
-        k = state.extra["stage"]
+        progress: StageProgress = state.extra
+        k = progress.stage
         current, opt_state, loss, _, grad_norm = gradient_step(
-            self.optimizer, state.extra["current"], state.opt_state, self._sequential_loss, model, batch, k, key
+            self.optimizer, progress.current, state.opt_state, self._sequential_loss, model, batch, k, key
         )
-        stage_step = state.extra["stage_step"] + 1
+        stage_step = progress.stage_step + 1
         finished = stage_step >= self.steps_per_stage
         # Write the trained stage into the stack; the next stage starts from it with a fresh optimiser.
         written = eqx.tree_at(
@@ -112,13 +130,11 @@ class StagedConsistencyTraining(AbstractTrainer):
         )
         model = tree_select(finished, written, model)
         opt_state = tree_select(finished, self.optimizer.init(current), opt_state)
-        extra = {
-            "current": current,
-            "stage": k + finished.astype(jnp.int32),
-            "stage_step": jnp.where(finished, 0, stage_step),
-        }
+        extra = StageProgress(
+            current=current, stage=k + finished.astype(jnp.int32), stage_step=jnp.where(finished, 0, stage_step)
+        )
         metrics = {"loss": loss, "grad_norm": grad_norm, "stage": k + 1}
-        return TrainState(model, opt_state, state.step + 1, state.key, extra=extra), metrics
+        return state.advanced(model=model, opt_state=opt_state, extra=extra), metrics
 
     # -- simultaneous -----------------------------------------------------------------------
 
@@ -147,13 +163,14 @@ class StagedConsistencyTraining(AbstractTrainer):
             self.optimizer, params, state.opt_state, self._simultaneous_loss, static, batch, key
         )
         model = eqx.combine(params, static)
-        return TrainState(model, opt_state, state.step + 1, state.key), {"loss": loss, "grad_norm": grad_norm}
+        return state.advanced(model=model, opt_state=opt_state), {"loss": loss, "grad_norm": grad_norm}
 
-    def step(self, state: TrainState, batch: Array, *, key: PRNGKeyArray) -> tuple[TrainState, dict[str, Array]]:
+    def step(self, state: TrainState, batch: Batch, *, key: PRNGKeyArray) -> tuple[TrainState, dict[str, Array]]:
+        batch = check_batch(batch, state.model)
         if self.mode == "simultaneous":
             return self._simultaneous_step(state, batch, key)
         # After the last stage further steps change nothing.
-        done = state.extra["stage"] >= state.model.num_stages
+        done = state.extra.stage >= state.model.num_stages
         stepped, metrics = self._sequential_step(state, batch, key)
         new_state = tree_select(done, state, stepped)
         new_state = eqx.tree_at(lambda s: s.step, new_state, state.step + 1)
@@ -163,14 +180,13 @@ class StagedConsistencyTraining(AbstractTrainer):
         return state.model
 
 
-def staged_shared(optimizer: optax.GradientTransformation, times: Array, ema_rate: float | None = None):
+def staged_shared(
+    optimizer: optax.GradientTransformation, times: ArrayLike, ema_rate: float | None = None
+) -> ConsistencyTrainer:
     r"""The shared-weights variant of staged training: one network conditioned on $t$, every
     stage $k \in \{2..T\}$ at once, $E\|f(t_k, X_k) - \mathrm{sg}\, f(t_{k-1}, X_{k-1})\|^2$ with
     coupled noise and $k$ uniform. It is consistency training on the fixed stage grid `times`
     (e.g. `DiscreteVP.stage_times()`), with a stop-gradient teacher, $\ell_2^2$ and $\lambda \equiv 1$."""
-    from .consistency import ConsistencyTrainer
-    from .curricula import ConstantCurriculum, FixedGrid, StopGradientTeacher, UniformIndex
-
     grid = FixedGrid(times)
     return ConsistencyTrainer(
         optimizer,

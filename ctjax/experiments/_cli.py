@@ -7,9 +7,9 @@ import sys
 
 import tyro
 
-from .checkpoint import CheckpointError
-from .config import EvalConfig, PlotConfig, SampleConfig, TrainConfig
-from .setup import ConfigError
+from ._checkpoint import CheckpointError
+from ._config import EvalConfig, PlotConfig, SampleConfig, TrainConfig
+from ._setup import ConfigError
 
 
 _BOX = re.compile(r"[│╭╮╰╯─┃━┏┓┗┛]")
@@ -47,7 +47,7 @@ def parse(argv: list[str]):
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     config = parse(args)
-    from . import run
+    from . import _run as run
 
     actions = {TrainConfig: run.train, EvalConfig: run.evaluate, SampleConfig: run.sample, PlotConfig: run.plot}
     try:

@@ -9,7 +9,7 @@ from jaxtyping import Array, ArrayLike
 
 from .._misc import as_float_array, is_concrete
 from .._targets import Gaussian
-from .gaussian_oracle import host_eigh, host_grid
+from ._gaussian_oracle import host_eigh, host_grid
 
 
 def _check_positive(x, name: str, minimum: float = 0.0, strict: bool = True) -> None:

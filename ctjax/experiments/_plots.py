@@ -15,7 +15,7 @@ import numpy as np
 from .._consistency import AbstractConsistencyModel, ExactConsistencyFunction
 from .._flow import flow_map
 from .._sampling import sample as sample_model
-from .setup import Problem, sampling_times
+from ._setup import Problem, sampling_times
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:

@@ -10,7 +10,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._misc import check_point
 from .._targets import Empirical
-from .gaussian_oracle import check_grid
+from ._gaussian_oracle import check_grid
 
 
 class DiracStagedCT(eqx.Module):

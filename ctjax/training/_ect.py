@@ -9,21 +9,35 @@ and the loss $\big(\sqrt{\|f_\theta(t, x_0 + t\epsilon) - \mathrm{sg} f_\theta(r
 with the target $x_0$ itself where $r \le t_{min}$.
 """
 
+import dataclasses
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import optax
-from jaxtyping import Array, ArrayLike, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
 from .._consistency import AbstractConsistencyModel
+from .._custom_types import Batch
 from .._losses import AbstractDistance, L2, PseudoHuber
-from .._misc import is_concrete
+from .._misc import (
+    check_ema_rate,
+    check_instance,
+    check_optimizer,
+    check_p_std,
+    check_value,
+    finite_field,
+    int_field,
+    is_concrete,
+    non_negative_field,
+    validate_int,
+)
 from .._schedules import VarianceExploding
-from .base import AbstractTrainer
-from .consistency import stop_gradient_model
-from .curricula import check_p_std, lognormal_times
-from .state import check_ema_rate, plain_init, plain_step, TrainState
+from ._base import AbstractEMATrainer, stop_gradient_model, TrainState
+from ._pairing import AbstractPairing, CoupledNoise
+from ._time_sampling import lognormal_times
 
 
 def _check_ve_model(model) -> None:
@@ -36,7 +50,7 @@ def _check_ve_model(model) -> None:
         )
 
 
-class ECTTrainer(AbstractTrainer):
+class ECTTrainer(AbstractEMATrainer):
     r"""Easy Consistency Tuning of a consistency model on the `VarianceExploding` schedule (a
     `ConsistencyFunction` with `EDMScalings`, whose boundary condition $f(t_{min}, x) = x$ is exact).
     Use the preset `ect`.
@@ -58,6 +72,9 @@ class ECTTrainer(AbstractTrainer):
     squared denoising loss) to `init`. With `stage_offset=0`, stage 0 has $r = 0$ for every $t$, so
     ECT's own first stage is a (norm, not squared) denoising loss: pre-training from scratch.
 
+    **Metrics:** `loss`, `grad_norm`, `stage` ($s$), `mean_ratio` (the mean $r/t$) and
+    `denoising_fraction` (the fraction of examples with $r \le t_{min}$, whose target is $x_0$).
+
     **Arguments:**
 
     - `optimizer`: an `optax.GradientTransformation`.
@@ -67,58 +84,29 @@ class ECTTrainer(AbstractTrainer):
     - `p_mean`, `p_std`: the log-normal time proposal (ECT: -1.1, 2.0).
     - `stage_offset`: $s_0$ in the exponent $-(s + s_0)$: 1 as in ECT's code (`q ** (stage + 1)`),
       0 as in the paper's $q^{-a}$ (then stage 0 is pure denoising).
+    - `pairing`: how the teacher's point at $r$ is built: `CoupledNoise()` ($x_0 + r\epsilon$, ECT's
+      own, the default) or `ODEStep(velocity)` (one ODE step of a teacher velocity from $t$ to $r$).
     - `ema_rate`: rate of the evaluation EMA (None: evaluate the trained model itself).
     """
 
-    optimizer: optax.GradientTransformation
-    steps_per_stage: int = eqx.field(static=True)
-    q: float
-    k: float
-    b: float
-    huber_c: float
-    p_mean: float
-    p_std: float
-    stage_offset: int = eqx.field(static=True)
-    ema_rate: float | None
+    optimizer: optax.GradientTransformation = eqx.field(converter=check_optimizer)
+    steps_per_stage: int = eqx.field(static=True, converter=int_field("steps_per_stage", 1))
+    _: dataclasses.KW_ONLY
+    q: float = eqx.field(
+        default=2.0,
+        converter=lambda q: check_value(q, lambda v: v > 1, "`q` must be > 1 (the gap t - r shrinks by 1/q per stage)"),
+    )
+    k: float = eqx.field(default=8.0, converter=non_negative_field("k"))
+    b: float = eqx.field(default=1.0, converter=finite_field("b"))
+    huber_c: float = eqx.field(default=0.0, converter=non_negative_field("huber_c"))
+    p_mean: float = eqx.field(default=-1.1, converter=finite_field("p_mean"))
+    p_std: float = eqx.field(default=2.0, converter=check_p_std)
+    stage_offset: int = eqx.field(static=True, default=1, converter=int_field("stage_offset", 0))
+    pairing: AbstractPairing = CoupledNoise()
+    ema_rate: float | None = eqx.field(default=0.999, converter=check_ema_rate)
 
-    def __init__(
-        self,
-        optimizer: optax.GradientTransformation,
-        steps_per_stage: int,
-        *,
-        q: float = 2.0,
-        k: float = 8.0,
-        b: float = 1.0,
-        huber_c: float = 0.0,
-        p_mean: float = -1.1,
-        p_std: float = 2.0,
-        stage_offset: int = 1,
-        ema_rate: float | None = 0.999,
-    ):
-        if not isinstance(optimizer, optax.GradientTransformation):
-            raise TypeError(f"`optimizer` must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
-        if isinstance(steps_per_stage, bool) or int(steps_per_stage) != steps_per_stage or int(steps_per_stage) < 1:
-            raise ValueError(f"`steps_per_stage` must be a positive integer, got {steps_per_stage!r}.")
-        if is_concrete(q) and not float(q) > 1:
-            raise ValueError(f"`q` must be > 1 (the gap t - r shrinks by 1/q per stage), got {q}.")
-        if is_concrete(k) and not float(k) >= 0:
-            raise ValueError(f"`k` must be non-negative, got {k}.")
-        if is_concrete(huber_c) and not float(huber_c) >= 0:
-            raise ValueError(f"`huber_c` must be non-negative, got {huber_c}.")
-        check_p_std(p_std)
-        if isinstance(stage_offset, bool) or int(stage_offset) != stage_offset or int(stage_offset) < 0:
-            raise ValueError(f"`stage_offset` must be a non-negative integer, got {stage_offset!r}.")
-        check_ema_rate(ema_rate)
-        self.optimizer = optimizer
-        self.steps_per_stage = int(steps_per_stage)
-        self.q = q
-        self.k = k
-        self.b = b
-        self.huber_c = huber_c
-        self.p_mean = p_mean
-        self.p_std = p_std
-        self.stage_offset = int(stage_offset)
-        self.ema_rate = ema_rate
+    def __check_init__(self):
+        check_instance(self.pairing, AbstractPairing, "pairing", "CoupledNoise() or ODEStep(velocity)")
 
     @property
     def distance(self) -> AbstractDistance:
@@ -150,17 +138,24 @@ class ECTTrainer(AbstractTrainer):
         eps: Array,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Array, Array]:
-        r"""(loss, residual) of one example: the residual $\Delta = f_\theta(t, x_0 + t\epsilon) - \text{target}$
-        with target $\mathrm{sg} f_\theta(r, x_0 + r\epsilon)$ ($x_0$ where $r \le t_{min}$), and the loss
-        $d(\Delta)/(t - r)$ (0 where $t - r$ is not positive). Both evaluations use `key`."""
+        r"""(loss, residual) of one example.
+
+        The residual is $\Delta = f_\theta(t, x_0 + t\epsilon) - \text{target}$ with target
+        $\mathrm{sg} f_\theta(r, x_r)$ ($x_r$ from `pairing`, $x_0 + r\epsilon$ by default), or $x_0$
+        where $r \le t_{min}$; the loss is $d(\Delta)/(t - r)$ (0 where $t - r$ is not positive).
+        Both evaluations use `key`."""
         dtype = x0.dtype
         t = jnp.asarray(t).astype(dtype)
         r = jnp.asarray(r).astype(dtype)
         schedule = model.schedule
         t_min = jnp.asarray(schedule.t_min, dtype)
-        student = model(t, x0 + t * eps, key=key)
+        x_t = x0 + t * eps
+        student = model(t, x_t, key=key)
         use_teacher = r > t_min
-        teacher_out = stop_gradient_model(model)(jnp.maximum(r, t_min), x0 + r * eps, key=key)
+        # Where r <= t_min the target is x0 and the teacher's output is discarded.
+        r_teacher = jnp.maximum(r, t_min)
+        x_r = self.pairing.earlier(schedule, x0, eps, x_t, r_teacher, t)
+        teacher_out = stop_gradient_model(model)(r_teacher, x_r, key=key)
         target = jnp.where(use_teacher, jax.lax.stop_gradient(teacher_out), x0)
         residual = student - target
         gap = t - r
@@ -169,10 +164,16 @@ class ECTTrainer(AbstractTrainer):
         return loss, residual
 
     def loss(
-        self, model: AbstractConsistencyModel, batch: Array, step: ArrayLike, key: PRNGKeyArray
+        self,
+        model: AbstractConsistencyModel,
+        extra: None,
+        teacher: None,
+        batch: Batch,
+        step: ArrayLike,
+        key: PRNGKeyArray,
     ) -> tuple[Array, dict[str, Array]]:
-        """The mean ECT loss over `batch` `(B, dim)` at training step `step` (which fixes the stage)."""
-        _check_ve_model(model)
+        """The mean ECT loss over `batch` `(B, dim)` at training step `step` (which fixes the stage).
+        The trainer keeps neither `extra` state nor a stored `teacher`."""
         schedule = model.schedule
         num_batch, dtype = batch.shape[0], batch.dtype
         k_time, k_noise, k_drop = jr.split(key, 3)
@@ -193,45 +194,18 @@ class ECTTrainer(AbstractTrainer):
     def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
         """The initial state; `model` may be fresh or pre-trained (e.g. `DenoisingTrainer`'s result)."""
         _check_ve_model(model)
-        return plain_init(self.optimizer, model, self.ema_rate, key)
+        return self.initial_state(model, key=key)
 
-    def step(self, state: TrainState, batch: Array, *, key: PRNGKeyArray) -> tuple[TrainState, dict[str, Array]]:
-        return plain_step(self.optimizer, state, lambda model: self.loss(model, batch, state.step, key), self.ema_rate)
-
-    def result(self, state: TrainState) -> AbstractConsistencyModel:
-        return state.model if state.ema is None else state.ema
+    def teacher_decay(self, step: Int[Array, ""]) -> None:
+        return None
 
 
-def ect(
-    optimizer: optax.GradientTransformation,
-    total_steps: int,
-    *,
-    num_stages: int = 8,
-    q: float = 2.0,
-    k: float = 8.0,
-    b: float = 1.0,
-    huber_c: float = 0.0,
-    p_mean: float = -1.1,
-    p_std: float = 2.0,
-    stage_offset: int = 1,
-    ema_rate: float | None = 0.999,
-) -> ECTTrainer:
-    r"""Geng et al.'s ECT with the CIFAR-10 settings of `locuslab/ect` (`run_ecm.sh`, `training/loss.py`):
-    $q = 2$, $k = 8$, $b = 1$, $c = 0$, log-normal $t$ with $(-1.1, 2.0)$, and `num_stages` = 8 stages
-    over the run (25.6 Mimg at `--double=250` ticks of 12.8 kimg), i.e. `steps_per_stage` =
-    $\lceil$`total_steps`/`num_stages`$\rceil$; the exponent $-(s + 1)$ of the code (`stage_offset=1`)."""
-    if int(total_steps) < 1 or int(num_stages) < 1:
-        raise ValueError(f"`total_steps` and `num_stages` must be positive, got {total_steps}, {num_stages}.")
-    steps_per_stage = -(-int(total_steps) // int(num_stages))
-    return ECTTrainer(
-        optimizer,
-        steps_per_stage,
-        q=q,
-        k=k,
-        b=b,
-        huber_c=huber_c,
-        p_mean=p_mean,
-        p_std=p_std,
-        stage_offset=stage_offset,
-        ema_rate=ema_rate,
-    )
+def ect(optimizer: optax.GradientTransformation, total_steps: int, *, num_stages: int = 8, **kwargs: Any) -> ECTTrainer:
+    r"""Geng et al.'s ECT with the CIFAR-10 settings of `locuslab/ect` (`run_ecm.sh`, `training/loss.py`),
+    which are `ECTTrainer`'s defaults ($q = 2$, $k = 8$, $b = 1$, $c = 0$, log-normal $t$ with
+    $(-1.1, 2.0)$, the exponent $-(s + 1)$ of the code), and `num_stages` = 8 stages over the run
+    (25.6 Mimg at `--double=250` ticks of 12.8 kimg): `steps_per_stage` =
+    $\lceil$`total_steps`/`num_stages`$\rceil$. Other keyword arguments are the trainer's."""
+    total_steps = validate_int(total_steps, "total_steps", 1)
+    num_stages = validate_int(num_stages, "num_stages", 1)
+    return ECTTrainer(optimizer, -(-total_steps // num_stages), **kwargs)

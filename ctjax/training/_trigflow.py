@@ -1,0 +1,164 @@
+r"""TrigFlow maths shared by the sCM trainer and TrigFlow flow matching, per example unless stated.
+
+With $x_t = \cos t\, x_0 + \sin t\, z$, $z \sim N(0, \sigma_d^2 I)$, and the consistency function
+$f(t, x) = \cos t\, x - \sin t\, \sigma_d F(x/\sigma_d, t)$ (`TrigFlowScalings`).
+"""
+
+from typing import Any, cast
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, PRNGKeyArray
+
+from .._consistency import ConsistencyFunction, TrigFlowScalings
+from .._custom_types import RealScalarLike
+from .._misc import is_concrete
+from .._schedules import AbstractSchedule, TrigFlow
+from ._base import stop_gradient_model
+from ._time_sampling import lognormal_times
+
+
+NORMALISATIONS = ("normalise", "clip", "none")
+
+
+def check_trigflow_model(model: Any) -> ConsistencyFunction:
+    r"""`model`, checked: a `ConsistencyFunction` with `TrigFlowScalings` on a `TrigFlow` schedule with
+    the same $\sigma_d$ (a TypeError or ValueError otherwise; traced $\sigma_d$ are compared at run time)."""
+    if not isinstance(model, ConsistencyFunction):
+        raise TypeError(
+            f"sCM needs a ctjax.ConsistencyFunction with TrigFlowScalings on a TrigFlow schedule, got {type(model).__name__}."
+        )
+    if not isinstance(model.schedule, TrigFlow):
+        raise TypeError(f"sCM needs a TrigFlow schedule, got {type(model.schedule).__name__}.")
+    if not isinstance(model.scalings, TrigFlowScalings):
+        raise TypeError(
+            f"sCM needs TrigFlowScalings (f = cos t x - sin t sigma_d F), got {type(model.scalings).__name__}."
+        )
+    sd_sched, sd_scal = model.schedule.sigma_data, model.scalings.sigma_data
+    message = "The TrigFlow schedule's sigma_data and TrigFlowScalings' sigma_data must be equal"
+    if is_concrete((sd_sched, sd_scal)):
+        if float(sd_sched) != float(sd_scal):
+            raise ValueError(f"{message}, got {float(sd_sched)} and {float(sd_scal)}.")
+        return model
+    checked = eqx.error_if(sd_scal, jnp.asarray(sd_sched) != jnp.asarray(sd_scal), f"{message}.")
+    return eqx.tree_at(lambda m: m.scalings.sigma_data, model, checked)
+
+
+def trigflow_sigma_data(model: ConsistencyFunction) -> RealScalarLike:
+    r"""$\sigma_d$ of a TrigFlow consistency function (one that `check_trigflow_model` accepted)."""
+    return cast(TrigFlowScalings, model.scalings).sigma_data
+
+
+def check_trigflow_velocity(velocity: Any, sigma_data: RealScalarLike) -> None:
+    r"""Raise a ValueError where a teacher velocity visibly belongs to another interpolant: an
+    `ExactVelocity` on a schedule other than `TrigFlow(sigma_data)`, or a `LearnedVelocity` with
+    another $\sigma_d$ (its times would mean other noise levels)."""
+    if not callable(velocity):
+        raise TypeError(f"`velocity` must be a callable (t, x) -> dx/dt, got {type(velocity).__name__}.")
+    schedule = getattr(velocity, "schedule", None)
+    if isinstance(schedule, AbstractSchedule):
+        if not isinstance(schedule, TrigFlow):
+            raise ValueError(
+                f"The teacher velocity is for a {type(schedule).__name__} schedule; sCD needs TrigFlow(sigma_data) times."
+            )
+        other = schedule.sigma_data
+    else:
+        other = getattr(velocity, "sigma_data", None)
+    if other is not None and is_concrete((other, sigma_data)) and float(other) != float(sigma_data):
+        raise ValueError(
+            f"The teacher velocity uses sigma_data={float(other)} but the model uses {float(sigma_data)}: "
+            "TrigFlow times would mean different noise levels."
+        )
+
+
+def trigflow_draw(
+    model: ConsistencyFunction, batch: Array, key: PRNGKeyArray, p_mean: float, p_std: float
+) -> tuple[Array, Array, Array, Array]:
+    r"""One batch of sCM's training draw: log-normal times `t` (`lognormal_times`), points
+    $x_t = \cos t\, x_0 + \sin t\, z$ with their conditional velocities (`conditional_path`), and one
+    dropout key per example."""
+    num_batch, dtype = batch.shape[0], batch.dtype
+    k_time, k_noise, k_drop = jr.split(key, 3)
+    t = lognormal_times(k_time, (num_batch,), model.schedule, p_mean, p_std, dtype)
+    noise = jr.normal(k_noise, batch.shape, dtype)
+    x_t, dx_dt = jax.vmap(conditional_path, in_axes=(None, 0, 0, 0))(trigflow_sigma_data(model), batch, noise, t)
+    return t, x_t, dx_dt, jr.split(k_drop, num_batch)
+
+
+def conditional_path(sigma_data: RealScalarLike, x0: Array, noise: Array, t: Array) -> tuple[Array, Array]:
+    r"""$(x_t, \tfrac{dx_t}{dt})$ with $x_t = \cos t\, x_0 + \sin t\, z$, $z = \sigma_d\,$`noise`
+    ($z \sim N(0, \sigma_d^2 I)$ for standard normal `noise`, as `TrigFlow`'s $\sigma(t) = \sigma_d \sin t$),
+    and the conditional velocity $\cos t\, z - \sin t\, x_0$."""
+    dtype = x0.dtype
+    t = jnp.asarray(t).astype(dtype)
+    z = jnp.asarray(sigma_data, dtype) * noise
+    c, s = jnp.cos(t), jnp.sin(t)
+    return c * x0 + s * z, c * z - s * x0
+
+
+def network_output(model: ConsistencyFunction, t: ArrayLike, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
+    r"""The raw network of a TrigFlow consistency function, $F(x/\sigma_d, c_{noise}(t))$."""
+    t = jnp.asarray(t).astype(x.dtype)
+    _, _, c_in, c_noise = model.scalings(model.schedule, t)
+    return model.net(jnp.asarray(c_in).astype(x.dtype) * x, jnp.asarray(c_noise).astype(x.dtype), key=key)
+
+
+def trigflow_jvp(
+    model: ConsistencyFunction, t: ArrayLike, x_t: Array, dx_dt: Array, *, key: PRNGKeyArray | None = None
+) -> tuple[Array, Array]:
+    r"""$(F(x_t/\sigma_d, t),\ \cos t \sin t\, \tfrac{dF}{dt})$ by ONE `jax.jvp`, with FastGen's
+    rearranged tangents $(\cos t \sin t\, \tfrac{dx_t}{dt},\ \cos t \sin t)$ (for $(x_t, t)$; the network
+    sees $x_t/\sigma_d$, so its input tangent is $\cos t \sin t\, \tfrac{dx_t}{dt}/\sigma_d$). The factor
+    $\cos t \sin t$ is applied to the (bounded) tangents, never to a possibly huge $dF/dt$.
+    Dropout uses `key`, the same mask as any other evaluation with that key."""
+    t = jnp.asarray(t).astype(x_t.dtype)
+    cs = jnp.cos(t) * jnp.sin(t)
+    return jax.jvp(lambda x, s: network_output(model, s, x, key=key), (x_t, t), (cs * dx_dt, cs))
+
+
+def trigflow_tangent(
+    model: ConsistencyFunction,
+    t: ArrayLike,
+    x_t: Array,
+    dx_dt: Array,
+    warmup_ratio: ArrayLike = 1.0,
+    *,
+    key: PRNGKeyArray | None = None,
+) -> tuple[Array, Array]:
+    r"""$(F^-, g)$ for the stop-gradient model, with the un-normalised sCM tangent
+
+    $g = -\cos^2 t\,(\sigma_d F^- - \tfrac{dx_t}{dt}) - r\,(\cos t \sin t\, x_t + \sigma_d \cos t \sin t\, \tfrac{dF^-}{dt})$.
+
+    With $r = 1$, $g = \cos t\, \tfrac{d}{dt} f^-(t, x_t)$ along the path with velocity `dx_dt`."""
+    model = stop_gradient_model(model)
+    dtype = x_t.dtype
+    t = jnp.asarray(t).astype(dtype)
+    F, dF = trigflow_jvp(model, t, x_t, dx_dt, key=key)
+    sd = jnp.asarray(trigflow_sigma_data(model), dtype)
+    c, s = jnp.cos(t), jnp.sin(t)
+    r = jnp.asarray(warmup_ratio).astype(dtype)
+    g = -(c * c) * (sd * F - dx_dt) - r * (c * s * x_t + sd * dF)
+    return jax.lax.stop_gradient(F), jax.lax.stop_gradient(g)
+
+
+def normalise_tangent(g: Array, method: str = "normalise", const: ArrayLike = 0.1) -> Array:
+    r"""sCM's tangent normalisation $g/(\|g\| + c)$ (`"normalise"`), clipping to $[-1, 1]$ (`"clip"`), or
+    nothing (`"none"`), for one example's tangent."""
+    if method == "normalise":
+        norm = jnp.sqrt(jnp.sum(g**2))
+        return g / (norm + jnp.asarray(const, g.dtype))
+    if method == "clip":
+        return jnp.clip(g, -1.0, 1.0)
+    if method == "none":
+        return g
+    raise ValueError(f"`tangent_normalisation` must be one of {NORMALISATIONS}, got {method!r}.")
+
+
+def adaptive_weighted_loss(residual_sq: ArrayLike, log_weight: ArrayLike) -> Array:
+    r"""sCM's per-example loss $e^{w}\, m - w$ for the residual $m = \|F_\theta - F_\theta^- - g\|^2/D$ and
+    log-weight $w$ (FastGen writes it with $\mathrm{logvar} = -w$). For fixed $m > 0$ its minimiser over
+    $w$ is $w = -\log m$ (where $e^w m = 1$); $\theta$ sees the gradient of $m$ scaled by $e^w$."""
+    m, w = jnp.asarray(residual_sq), jnp.asarray(log_weight)
+    return jnp.exp(w) * m - w
