@@ -6,6 +6,7 @@ runs, by `eqx.error_if` with the same message, and the checked value replaces th
 so that the check is part of the computation.
 """
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -18,6 +19,32 @@ import optax
 
 _T = TypeVar("_T")
 
+# The messages of ctjax's run-time checks (a bounded set: one per check site and schedule class).
+_RUNTIME_MESSAGES: set[str] = set()
+
+
+class _QuietFailedChecks(logging.Filter):
+    """JAX logs every exception raised inside a callback, with a long traceback, before raising it
+    again as a `JaxRuntimeError` (jax-ml/jax#26102). For a failed ctjax check that log only repeats
+    the error the caller receives; drop it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or record.getMessage() != "jax.pure_callback failed":
+            return True
+        text = str(error)
+        return not any(message in text for message in _RUNTIME_MESSAGES)
+
+
+logging.getLogger("jax._src.callback").addFilter(_QuietFailedChecks())
+
+
+def runtime_check(value: _T, failed: Any, message: str) -> _T:
+    """`eqx.error_if(value, failed, message)`: `value`, which raises `message` when the program runs
+    and `failed` holds (for traced values; `eqx.filter_jit` shows the message alone)."""
+    _RUNTIME_MESSAGES.add(message)
+    return eqx.error_if(value, failed, message)
+
 
 def is_concrete(x: Any) -> bool:
     """True when `x` holds a value now (not a tracer inside jit/vmap/grad)."""
@@ -29,7 +56,9 @@ def _show(value: Any) -> str:
     if isinstance(value, (bool, int, float, str)) or value is None:
         return repr(value)
     array = np.asarray(value)
-    return repr(array.item()) if array.ndim == 0 else f"an array of shape {array.shape}"
+    if array.ndim == 0:
+        return repr(array.item())
+    return str(array.tolist()) if array.size <= 8 else f"an array of shape {array.shape}"
 
 
 def check_value(value: _T, ok: Callable[[Any], Any], message: str, *, show: bool = True) -> _T:
@@ -45,10 +74,10 @@ def check_value(value: _T, ok: Callable[[Any], Any], message: str, *, show: bool
         if not passed:
             raise ValueError(f"{message}, got {_show(value)}." if show else f"{message}.")
         return value
-    return eqx.error_if(value, ~jnp.all(ok(jnp.asarray(value))), f"{message}.")
+    return runtime_check(value, ~jnp.all(ok(jnp.asarray(value))), f"{message}.")
 
 
-def check_values(names: Sequence[str], values: tuple, ok: Callable[..., Any], message: str) -> tuple:
+def check_values(names: Sequence[str], values: tuple, ok: Callable[..., Any], message: str) -> tuple[Any, ...]:
     """`values`, checked together: `ok(*values)` must hold everywhere.
 
     Concrete values that fail raise `ValueError(message + ", got name=value, ...")`; where any is
@@ -62,7 +91,7 @@ def check_values(names: Sequence[str], values: tuple, ok: Callable[..., Any], me
             got = ", ".join(f"{name}={_show(v)}" for name, v in zip(names, values))
             raise ValueError(f"{message}, got {got}.")
         return values
-    return eqx.error_if(values, ~jnp.all(ok(*(jnp.asarray(v) for v in values))), f"{message}.")
+    return runtime_check(values, ~jnp.all(ok(*(jnp.asarray(v) for v in values))), f"{message}.")
 
 
 def check_fields(module: eqx.Module, names: Sequence[str], ok: Callable[..., Any], message: str) -> None:
@@ -79,14 +108,16 @@ def check_fields(module: eqx.Module, names: Sequence[str], ok: Callable[..., Any
             object.__setattr__(module, name, value)
 
 
-def validate_int(value: Any, name: str, minimum: int = 1) -> int:
-    """`value` as an int, or a ValueError naming `name` unless it is an integer >= `minimum`."""
+def validate_int(value: Any, name: str, minimum: int | None = 1) -> int:
+    """`value` as an int, or a ValueError naming `name` unless it is an integer >= `minimum`
+    (any integer for `minimum=None`)."""
     try:
-        ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum
+        ok = not isinstance(value, bool) and int(value) == value and (minimum is None or int(value) >= minimum)
     except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"`{name}` must be an integer{bound}, got {value!r}.")
     return int(value)
 
 
@@ -165,7 +196,7 @@ def check_instance(value: Any, kind: type | tuple[type, ...], name: str, what: s
         raise TypeError(f"`{name}` must be {what}, got {type(value).__name__}.")
 
 
-def as_float_array(x: Any, name: str, dtype=None) -> jax.Array:
+def as_float_array(x: Any, name: str, dtype: Any = None) -> jax.Array:
     """Convert to a floating JAX array; integers become the default float dtype."""
     try:
         arr = jnp.asarray(x)
@@ -222,7 +253,7 @@ def check_time(schedule, t: Any, name: str, *, traced: bool = True) -> jax.Array
         return t
     if not traced:
         return t
-    return eqx.error_if(t, (t < lo) | (t > hi) | ~jnp.isfinite(t), msg + " (or it is NaN).")
+    return runtime_check(t, (t < lo) | (t > hi) | ~jnp.isfinite(t), msg + " (or it is NaN).")
 
 
 def _range_text(schedule) -> str:

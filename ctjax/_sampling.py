@@ -4,11 +4,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._consistency import AbstractConsistencyModel
-from ._misc import as_float_array, is_concrete
+from ._custom_types import DTypeLike
+from ._misc import as_float_array, check_value, is_concrete
 
 
 def _check_times(model: AbstractConsistencyModel, times: ArrayLike | None) -> Array:
@@ -18,14 +18,14 @@ def _check_times(model: AbstractConsistencyModel, times: ArrayLike | None) -> Ar
     times = as_float_array(times, "times")
     if times.ndim != 1 or times.shape[0] < 1:
         raise ValueError(f"`times` must be a non-empty 1-D sequence of times, got shape {times.shape}.")
-    if is_concrete(times):
-        arr = np.asarray(times)
-        lo, hi = float(schedule.t_min), float(schedule.t_max)
-        if np.any(arr <= lo) or np.any(arr > hi):
-            raise ValueError(f"`times` must lie in (t_min, t_max] = ({lo:g}, {hi:g}], got {arr.tolist()}.")
-        if np.any(np.diff(arr) >= 0):
-            raise ValueError(f"`times` must be strictly decreasing (noise to data), got {arr.tolist()}.")
-    return times
+    if is_concrete((schedule.t_min, schedule.t_max)):
+        where = f" = ({float(schedule.t_min):g}, {float(schedule.t_max):g}]"
+    else:
+        where = ""
+    times = check_value(
+        times, lambda t: (t > schedule.t_min) & (t <= schedule.t_max), f"`times` must lie in (t_min, t_max]{where}"
+    )
+    return check_value(times, lambda t: jnp.diff(t) < 0, "`times` must be strictly decreasing (noise to data)")
 
 
 @eqx.filter_jit
@@ -52,7 +52,7 @@ def sample(
     num: int,
     *,
     times: ArrayLike | None = None,
-    dtype=None,
+    dtype: DTypeLike | None = None,
     key: PRNGKeyArray,
 ) -> Float[Array, "num dim"]:
     r"""Draw `num` samples with one step or several (Song et al.'s Algorithm 1, seed 003's sequence).

@@ -57,7 +57,7 @@ def _cloud(x, name: str) -> jax.Array:
         arr = arr[:, None]
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"`{name}` must be a non-empty (n, d) point cloud, got shape {tuple(jnp.shape(x))}.")
-    check_finite(arr, name)
+    arr = check_finite(arr, name)
     return arr
 
 

@@ -198,9 +198,9 @@ def test_conditional_velocity_recovers_the_data(getkey):
 def _exact_quantities(trainer, model, batch, step, key):
     q = trainer.tangents(model, batch, step, key)
     loss = trainer.loss(model, None, None, batch, step, key)[0]
-    grad = jax.grad(lambda s: trainer.loss(eqx.tree_at(lambda m: m.net.shift, model, s), None, None, batch, step, key)[0])(
-        model.net.shift
-    )
+    grad = jax.grad(
+        lambda s: trainer.loss(eqx.tree_at(lambda m: m.net.shift, model, s), None, None, batch, step, key)[0]
+    )(model.net.shift)
     return q, loss, grad
 
 
@@ -291,9 +291,9 @@ def test_tangent_normalisation_and_clipping(getkey):
 
 @eqx.filter_jit
 def _weighting_grad(trainer, model, weighting, batch, key):
-    (loss, aux), grads = jax.value_and_grad(lambda w: trainer.loss(model, w, None, batch, jnp.asarray(0), key), has_aux=True)(
-        weighting
-    )
+    (loss, aux), grads = jax.value_and_grad(
+        lambda w: trainer.loss(model, w, None, batch, jnp.asarray(0), key), has_aux=True
+    )(weighting)
     return aux, grads
 
 
@@ -384,7 +384,9 @@ def test_denoising_on_trigflow_is_scaled_flow_matching(getkey):
     # The same time proposal in both: DenoisingTrainer's log-normal noise level is sCM's tau.
     fm = FlowMatchingTrainer(optax.sgd(0.0), p_mean=-0.4, p_std=1.1)
     den = DenoisingTrainer(optax.sgd(0.0), p_mean=-0.4, p_std=1.1)
-    losses = eqx.filter_jit(lambda m, b, k: (den.loss(m, None, None, b, 0, k)[0], fm.loss(m, None, None, b, 0, k)[0]))(model, batch, key)
+    losses = eqx.filter_jit(lambda m, b, k: (den.pretraining_loss(m, b, k)[0], fm.pretraining_loss(m, b, k)[0]))(
+        model, batch, key
+    )
     assert_close(losses[0] * SD**2, losses[1], rtol=1e-12)
     assert float(losses[1]) > 0.1
 

@@ -75,3 +75,17 @@ def test_getting_started_code_runs():
     assert loss[-100:].mean() < 0.5 * loss[:20].mean()
     assert namespace["one_step"].shape == namespace["two_step"].shape == (1000, 2)
     assert np.isfinite(namespace["w1"]) and np.all(np.isfinite(namespace["errors"]))
+
+
+def test_training_page_example_runs():
+    """The Training API page's minimal trainer on the shared core trains: the denoising loss at one
+    time falls, and the EMA it inherits is there."""
+    text = (DOCS / "api" / "training.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], "training.md", "exec"), namespace)
+    loss, state = namespace["history"]["loss"], namespace["state"]
+    assert loss.shape == (50,) and np.all(np.isfinite(loss))
+    assert loss[-10:].mean() < loss[:10].mean()
+    assert int(state.step) == 50 and state.ema is not None and state.teacher is None

@@ -12,8 +12,7 @@ import optax
 import pytest
 
 import ctjax
-from ctjax.training import ExactVelocity, fit
-from ctjax.training import DenoisingTrainer, diffusion_pretraining, ect, ECTTrainer
+from ctjax.training import DenoisingTrainer, diffusion_pretraining, ect, ECTTrainer, ExactVelocity, fit
 
 from .helpers import assert_close, CountingNet
 

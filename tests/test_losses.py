@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 
 import ctjax
-from ctjax.training import AdaptiveEMATeacher, DiscreteLogNormal, DoublingCurriculum, KarrasGrid, SqrtCurriculum
-from ctjax.training import lognormal_times
+from ctjax.training import (
+    AdaptiveEMATeacher,
+    DiscreteLogNormal,
+    DoublingCurriculum,
+    KarrasGrid,
+    lognormal_times,
+    SqrtCurriculum,
+)
 
 from .helpers import assert_close
 

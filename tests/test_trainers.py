@@ -48,11 +48,15 @@ def test_no_gradient_reaches_the_teacher(getkey):
     teacher = _perturbed(_model(getkey()), getkey())
     batch = GAUSS.sample(getkey(), 64)
     key = getkey()
-    grads = eqx.filter_jit(jax.grad(lambda tm: trainer.loss(student, None, tm, batch, jnp.asarray(10), key)[0]))(teacher)
+    grads = eqx.filter_jit(jax.grad(lambda tm: trainer.loss(student, None, tm, batch, jnp.asarray(10), key)[0]))(
+        teacher
+    )
     leaves = jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_inexact_array))
     assert leaves and all(float(jnp.max(jnp.abs(g))) == 0.0 for g in leaves)
     # The student does get a gradient.
-    grads_s = eqx.filter_jit(jax.grad(lambda sm: trainer.loss(sm, None, teacher, batch, jnp.asarray(10), key)[0]))(student)
+    grads_s = eqx.filter_jit(jax.grad(lambda sm: trainer.loss(sm, None, teacher, batch, jnp.asarray(10), key)[0]))(
+        student
+    )
     assert any(
         float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree_util.tree_leaves(eqx.filter(grads_s, eqx.is_inexact_array))
     )

@@ -1,6 +1,7 @@
 """The interface of a consistency model f(t, x) ~ Phi_{t -> t_min}(x)."""
 
 import abc
+from typing import ClassVar, TYPE_CHECKING
 
 import equinox as eqx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
@@ -18,9 +19,10 @@ class AbstractConsistencyModel(eqx.Module):
 
     schedule: eqx.AbstractVar[AbstractSchedule]
 
-    @property
-    @abc.abstractmethod
-    def dim(self) -> int:
+    if TYPE_CHECKING:  # an AbstractVar would be a constructor argument to type checkers
+        dim: ClassVar[int]
+    else:
+        dim: eqx.AbstractVar[int]
         """Dimension of the data."""
 
     @abc.abstractmethod

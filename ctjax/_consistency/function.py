@@ -12,10 +12,21 @@ from .base import AbstractConsistencyModel
 from .scalings import AbstractScalings, EDMScalings, TrigFlowScalings
 
 
-def apply_scalings(scalings: AbstractScalings, schedule: AbstractSchedule, net, t, x, key) -> Array:
-    """$c_{skip} x + c_{out} F(c_{in} x, c_{noise})$, returning `x` itself (bit for bit) at `t_min`."""
-    # Concrete times only: the trainers' traced times lie in the range by construction.
-    t = check_time(schedule, t, "t", traced=False)
+def apply_scalings(
+    scalings: AbstractScalings,
+    schedule: AbstractSchedule,
+    net: AbstractNetwork,
+    t: ArrayLike,
+    x: ArrayLike,
+    key: PRNGKeyArray | None,
+    *,
+    check_traced: bool = True,
+) -> Array:
+    """$c_{skip} x + c_{out} F(c_{in} x, c_{noise})$, returning `x` itself (bit for bit) at `t_min`.
+
+    `t` must lie in the schedule's range: checked at once when concrete and, unless `check_traced`
+    is False (the staged models' own stage times), at run time when traced."""
+    t = check_time(schedule, t, "t", traced=check_traced)
     x = as_float_array(x, "x")
     c_skip, c_out, c_in, c_noise = (jnp.asarray(c).astype(x.dtype) for c in scalings(schedule, t))
     out = c_skip * x + c_out * net(c_in * x, c_noise, key=key)

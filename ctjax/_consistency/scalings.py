@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from .._custom_types import RealScalarLike
-from .._misc import is_concrete
+from .._misc import finite_field, positive_field
 from .._schedules import AbstractSchedule, TrigFlow
 
 
@@ -38,12 +38,8 @@ class EDMScalings(AbstractScalings):
     $c_{skip} = \cos t$ and $c_{out} = \sigma_d \sin t$.
     """
 
-    sigma_data: RealScalarLike = 0.5
-    log_noise_clip: float = eqx.field(static=True, default=30.0)
-
-    def __check_init__(self):
-        if is_concrete(self.sigma_data) and not float(self.sigma_data) > 0:
-            raise ValueError(f"EDMScalings needs sigma_data > 0, got {float(self.sigma_data)}.")
+    sigma_data: RealScalarLike = eqx.field(default=0.5, converter=positive_field("sigma_data"))
+    log_noise_clip: float = eqx.field(static=True, default=30.0, converter=positive_field("log_noise_clip"))
 
     def __call__(self, schedule: AbstractSchedule, t: ArrayLike) -> tuple[Array, Array, Array, Array]:
         t = jnp.asarray(t)
@@ -65,12 +61,8 @@ class TrigFlowScalings(AbstractScalings):
     exact at $t = 0$; for the `TrigFlow` schedule only. `time_scale` multiplies the time fed to
     the network ($c_{noise} = $ `time_scale` $\cdot t$)."""
 
-    sigma_data: RealScalarLike = 0.5
-    time_scale: RealScalarLike = 1.0
-
-    def __check_init__(self):
-        if is_concrete(self.sigma_data) and not float(self.sigma_data) > 0:
-            raise ValueError(f"TrigFlowScalings needs sigma_data > 0, got {float(self.sigma_data)}.")
+    sigma_data: RealScalarLike = eqx.field(default=0.5, converter=positive_field("sigma_data"))
+    time_scale: RealScalarLike = eqx.field(default=1.0, converter=finite_field("time_scale"))
 
     def __call__(self, schedule: AbstractSchedule, t: ArrayLike) -> tuple[Array, Array, Array, Array]:
         if not isinstance(schedule, TrigFlow):

@@ -6,10 +6,9 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
-from .._misc import as_float_array, is_concrete
+from .._misc import as_float_array, check_value
 from .._nets import AbstractNetwork
 from .._schedules import AbstractSchedule, DiscreteVP
 from .base import AbstractConsistencyModel
@@ -26,15 +25,13 @@ def stage_times_of(schedule: AbstractSchedule, times: ArrayLike | None) -> Array
     times = as_float_array(times, "times")
     if times.ndim != 1 or times.shape[0] < 2:
         raise ValueError(f"`times` must be a 1-D grid of at least 2 stages, got shape {times.shape}.")
-    if is_concrete(times):
-        arr = np.asarray(times)
-        if not np.all(np.diff(arr) > 0):
-            raise ValueError("`times` must be strictly increasing.")
-        if arr[0] != float(schedule.t_min) or arr[-1] > float(schedule.t_max):
-            raise ValueError(
-                f"`times` must start at t_min = {float(schedule.t_min)} (stage 1 is the identity) and end at most at t_max."
-            )
-    return times
+    times = check_value(times, lambda t: jnp.diff(t) > 0, "`times` must be strictly increasing", show=False)
+    return check_value(
+        times,
+        lambda t: (t[0] == schedule.t_min) & (t[-1] <= schedule.t_max),
+        f"`times` must start at t_min (stage 1 is the identity) and end at most at t_max of {type(schedule).__name__}",
+        show=False,
+    )
 
 
 class StagedConsistencyModel(AbstractConsistencyModel):
@@ -93,7 +90,9 @@ class StagedConsistencyModel(AbstractConsistencyModel):
         self, index: Int[ArrayLike, ""], x: ArrayLike, *, key: PRNGKeyArray | None = None
     ) -> Float[Array, " dim"]:
         """$f_k(x)$ for the stage with 0-based `index` ($k$ = `index` + 1)."""
-        return apply_scalings(self.scalings, self.schedule, self.stage_net(index), self.times[index], x, key)
+        return apply_scalings(
+            self.scalings, self.schedule, self.stage_net(index), self.times[index], x, key, check_traced=False
+        )
 
     def stage_index(self, t: ArrayLike) -> Array:
         """The 0-based index of the stage whose time is nearest to `t`."""

@@ -4,6 +4,7 @@ import diffrax as dfx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._schedules import AbstractSchedule
 from .._schedules.base import vp_coefficients
 from .._targets import AbstractTarget
 from .fields import _prepare
@@ -34,7 +35,7 @@ DEFAULT_ADJOINT = dfx.DirectAdjoint()
 
 def flow_map(
     target: AbstractTarget,
-    schedule,
+    schedule: AbstractSchedule,
     x: ArrayLike,
     t_from: ArrayLike,
     t_to: ArrayLike,

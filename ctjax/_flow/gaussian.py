@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._schedules import AbstractSchedule
 from .._targets import Gaussian
 from .fields import _coefficients, _prepare
 
@@ -15,7 +16,7 @@ def gaussian_flow_factors(eigvals: ArrayLike, alpha_from, sigma_from, alpha_to, 
 
 
 def gaussian_flow_map(
-    target: Gaussian, schedule, x: ArrayLike, t_from: ArrayLike, t_to: ArrayLike
+    target: Gaussian, schedule: AbstractSchedule, x: ArrayLike, t_from: ArrayLike, t_to: ArrayLike
 ) -> Float[Array, " dim"]:
     r"""Closed form of the flow for $N(\mu, \Sigma)$ data (theory.md section 7.3):
     $\Phi_{t \to u}(x) = \alpha_u \mu + C_u^{1/2} C_t^{-1/2} (x - \alpha_t \mu)$, $C_t = \alpha_t^2\Sigma + \sigma_t^2 I$."""

@@ -3,7 +3,7 @@ r"""The abstract network interface: a per-example map $(x, c_{noise}) \mapsto F(
 import abc
 import math
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import ClassVar, TYPE_CHECKING, TypeVar
 
 import equinox as eqx
 import jax
@@ -23,9 +23,10 @@ class AbstractNetwork(eqx.Module):
     when a `key` is passed; `key=None` is deterministic inference. Use `jax.vmap` for a batch.
     """
 
-    @property
-    @abc.abstractmethod
-    def dim(self) -> int:
+    if TYPE_CHECKING:  # an AbstractVar would be a constructor argument to type checkers
+        dim: ClassVar[int]
+    else:
+        dim: eqx.AbstractVar[int]
         """Dimension $d$ of the input and output."""
 
     @abc.abstractmethod

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._custom_types import DTypeLike
 from .._misc import validate_int
 from .base import (
     AbstractNetwork,
@@ -164,7 +165,7 @@ class ConvNet(AbstractNetwork):
         *,
         key: PRNGKeyArray,
         embedding: Literal["fourier", "sinusoidal"] | AbstractEmbedding | eqx.Module = "fourier",
-        dtype=None,
+        dtype: DTypeLike | None = None,
     ):
         """**Arguments:**
 

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float
 
-from .._misc import as_float_array
+from .._custom_types import DTypeLike
+from .._misc import as_float_array, validate_int
 from .base import promote_dtypes
 
 
@@ -83,11 +84,9 @@ class FourierEmbedding(AbstractEmbedding):
         if not (scale > 0.0 and math.isfinite(scale)):
             raise ValueError(f"`scale` must be a positive finite number, got {scale}.")
         self.scale = scale
-        if isinstance(seed, bool) or int(seed) != seed:
-            raise ValueError(f"`seed` must be an integer, got {seed!r}.")
-        self.seed = int(seed)
+        self.seed = validate_int(seed, "seed", minimum=None)
 
-    def frequencies(self, dtype=jnp.float32) -> Float[Array, " half"]:
+    def frequencies(self, dtype: DTypeLike = jnp.float32) -> Float[Array, " half"]:
         """The frequencies $f$, shape `(num_features // 2,)`, in `dtype`; concrete even under `jax.jit`."""
         with jax.ensure_compile_time_eval():
             base = jr.normal(jr.key(self.seed), (self.num_features // 2,), dtype=jnp.float32)

@@ -5,6 +5,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._custom_types import DTypeLike
 from .._misc import validate_int
 from .base import AbstractNetwork, check_inputs, promote_dtypes
 
@@ -19,7 +20,7 @@ class LinearNet(AbstractNetwork):
     weight: Float[Array, "dim dim"]
     bias: Float[Array, " dim"]
 
-    def __init__(self, dim: int, *, key: PRNGKeyArray, init_scale: float = 0.0, dtype=None):
+    def __init__(self, dim: int, *, key: PRNGKeyArray, init_scale: float = 0.0, dtype: DTypeLike | None = None):
         r"""**Arguments:**
 
         - `dim`: dimension of the data.

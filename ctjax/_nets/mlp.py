@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._custom_types import DTypeLike
 from .._misc import validate_int
 from .base import (
     AbstractNetwork,
@@ -99,7 +100,7 @@ class MLP(AbstractNetwork):
         dropout: float = 0.0,
         *,
         key: PRNGKeyArray,
-        dtype=None,
+        dtype: DTypeLike | None = None,
     ):
         r"""**Arguments:**
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from .._misc import as_float_array, is_concrete
+from .._misc import as_float_array, is_concrete, runtime_check
 
 
 def _terms(x, a, s, log_weights, means, eigvals, eigvecs):
@@ -79,19 +79,29 @@ def covariance_parts(cov, dim: int, name: str):
         cov = jnp.diag(cov)
     elif cov.shape != (dim, dim):
         raise ValueError(f"`{name}` must have shape ({dim}, {dim}), got {tuple(cov.shape)}.")
+    not_finite = f"`{name}` contains NaN or infinite values; pass finite numbers."
+    not_symmetric = f"`{name}` must be symmetric; symmetrise it with (cov + cov.T) / 2."
+    not_definite = "Add a small multiple of the identity, or use Empirical for point masses."
     if is_concrete(cov):
         c = np.asarray(cov, dtype=np.float64)
         if not np.all(np.isfinite(c)):
-            raise ValueError(f"`{name}` contains NaN or infinite values; pass finite numbers.")
+            raise ValueError(not_finite)
         scale = max(float(np.max(np.abs(c))), 1e-300)
         if np.max(np.abs(c - c.T)) > 1e-6 * scale:
-            raise ValueError(f"`{name}` must be symmetric; symmetrise it with (cov + cov.T) / 2.")
+            raise ValueError(not_symmetric)
         smallest = float(np.linalg.eigvalsh((c + c.T) / 2)[0])
         if not smallest > 0:
             raise ValueError(
-                f"`{name}` must be positive definite; its smallest eigenvalue is {smallest:.3g}. "
-                "Add a small multiple of the identity, or use Empirical for point masses."
+                f"`{name}` must be positive definite; its smallest eigenvalue is {smallest:.3g}. {not_definite}"
             )
+    else:
+        scale = jnp.maximum(jnp.max(jnp.abs(cov)), 1e-300)
+        cov = runtime_check(cov, ~jnp.all(jnp.isfinite(cov)), not_finite)
+        cov = runtime_check(cov, jnp.max(jnp.abs(cov - cov.T)) > 1e-6 * scale, not_symmetric)
     cov = 0.5 * (cov + cov.T)
     eigvals, eigvecs = jnp.linalg.eigh(cov)
+    if not is_concrete(cov):
+        cov, eigvals, eigvecs = runtime_check(
+            (cov, eigvals, eigvecs), ~(eigvals[0] > 0), f"`{name}` must be positive definite. {not_definite}"
+        )
     return cov, eigvals, eigvecs

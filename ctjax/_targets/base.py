@@ -1,6 +1,7 @@
 """The abstract target distribution and its Gaussian-noised posterior."""
 
 import abc
+from typing import ClassVar, TYPE_CHECKING
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -16,9 +17,10 @@ class AbstractTarget(eqx.Module):
     Methods act on one point `x` of shape `(dim,)`; vmap them for a batch.
     """
 
-    @property
-    @abc.abstractmethod
-    def dim(self) -> int:
+    if TYPE_CHECKING:  # an AbstractVar would be a constructor argument to type checkers
+        dim: ClassVar[int]
+    else:
+        dim: eqx.AbstractVar[int]
         """Dimension $d$ of the data."""
 
     @abc.abstractmethod

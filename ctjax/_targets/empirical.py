@@ -6,7 +6,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._misc import as_float_array, check_finite, is_concrete
+from .._misc import as_float_array, check_finite, check_value
 from .base import AbstractTarget, cast_like
 
 
@@ -34,7 +34,7 @@ class Empirical(AbstractTarget):
             raise ValueError(
                 f"`points` must be a non-empty (N, d) array (N points of dimension d), got shape {tuple(points.shape)}."
             )
-        check_finite(points, "points")
+        points = check_finite(points, "points")
         num = points.shape[0]
         if weights is None:
             log_weights = jnp.full((num,), -np.log(num), dtype=points.dtype)
@@ -42,10 +42,12 @@ class Empirical(AbstractTarget):
             weights = as_float_array(weights, "weights", points.dtype)
             if weights.shape != (num,):
                 raise ValueError(f"`weights` must have shape ({num},), one per point; got {tuple(weights.shape)}.")
-            if is_concrete(weights):
-                w = np.asarray(weights, dtype=np.float64)
-                if not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-5:
-                    raise ValueError("`weights` must be finite, non-negative and sum to 1.")
+            weights = check_value(
+                weights,
+                lambda w: jnp.all(jnp.isfinite(w) & (w >= 0)) & (jnp.abs(jnp.sum(w) - 1.0) <= 1e-5),
+                "`weights` must be finite, non-negative and sum to 1",
+                show=False,
+            )
             log_weights = jnp.log(weights)
         self.points = points
         self.log_weights = log_weights
@@ -106,20 +108,22 @@ class Empirical(AbstractTarget):
         return jnp.where(sigma > 0, points[idx], at_zero)
 
     def marginal_log_prob(self, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike) -> Array:
-        self._require_noise(sigma, "marginal_log_prob")
+        sigma = self._require_noise(sigma, "marginal_log_prob")
         x, _, logits = self._logits(x, alpha, sigma)
         d = x.shape[-1]
         return jax.nn.logsumexp(logits) - 0.5 * jnp.sum(x**2) / sigma**2 - 0.5 * d * jnp.log(2 * jnp.pi * sigma**2)
 
     def marginal_score(self, x: ArrayLike, alpha: ArrayLike, sigma: ArrayLike) -> Float[Array, " dim"]:
-        self._require_noise(sigma, "marginal_score")
+        sigma = self._require_noise(sigma, "marginal_score")
         x = cast_like(x)[0]
         return jnp.asarray((alpha * self.posterior_mean(x, alpha, sigma) - x) / jnp.asarray(sigma) ** 2)
 
     @staticmethod
-    def _require_noise(sigma, what: str) -> None:
-        if is_concrete(sigma) and not float(jnp.asarray(sigma)) > 0:
-            raise ValueError(
-                f"Empirical.{what} needs sigma > 0: a Dirac mixture has no density (nor score) at zero "
-                "noise; evaluate it at a positive noise level."
-            )
+    def _require_noise(sigma: ArrayLike, what: str) -> Array:
+        return check_value(
+            jnp.asarray(sigma),
+            lambda s: s > 0,
+            f"Empirical.{what} needs sigma > 0: a Dirac mixture has no density (nor score) at zero "
+            "noise; evaluate it at a positive noise level",
+            show=False,
+        )

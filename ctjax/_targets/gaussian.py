@@ -29,7 +29,7 @@ class Gaussian(AbstractTarget):
         """
         mean = as_float_array(mean, "mean")
         check_shape(mean, (None,), "mean")
-        check_finite(mean, "mean")
+        mean = check_finite(mean, "mean")
         cov, eigvals, eigvecs = mm.covariance_parts(cov, mean.shape[0], "cov")
         self.loc = mean
         self.cov = cov

@@ -3,10 +3,9 @@
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._misc import as_float_array, check_finite, check_shape, is_concrete
+from .._misc import as_float_array, check_finite, check_shape, check_value
 from . import _mixture_math as mm
 from .base import AbstractTarget, cast_like
 
@@ -35,15 +34,18 @@ class GaussianMixture(AbstractTarget):
         means = as_float_array(means, "means")
         check_shape(weights, (None,), "weights")
         check_shape(means, (weights.shape[0], None), "means", "One row per mixture component.")
-        check_finite(means, "means")
+        means = check_finite(means, "means")
         if weights.shape[0] == 0:
             raise ValueError("`weights` must have at least one component.")
-        if is_concrete(weights):
-            w = np.asarray(weights, dtype=np.float64)
-            if not np.all(np.isfinite(w)) or np.any(w < 0):
-                raise ValueError("`weights` must be finite and non-negative.")
-            if abs(w.sum() - 1.0) > 1e-5:
-                raise ValueError(f"`weights` must sum to 1, got {w.sum():.6g}; pass weights / weights.sum().")
+        weights = check_value(
+            weights, lambda w: jnp.isfinite(w) & (w >= 0), "`weights` must be finite and non-negative", show=False
+        )
+        weights = check_value(
+            weights,
+            lambda w: jnp.abs(jnp.sum(w) - 1.0) <= 1e-5,
+            "`weights` must sum to 1; pass weights / weights.sum()",
+            show=False,
+        )
         num, dim = means.shape
         covs = as_float_array(covs, "covs")
         if covs.ndim == 0 or covs.shape[0] != num:

@@ -7,18 +7,18 @@ import numpy as np
 import scipy.special
 from jaxtyping import Array, ArrayLike
 
-from .._misc import as_float_array, is_concrete
+from .._misc import as_float_array, check_value
 from .._targets import Gaussian
 from ._gaussian_oracle import host_eigh, host_grid
 
 
-def _check_positive(x, name: str, minimum: float = 0.0, strict: bool = True) -> None:
-    if is_concrete(x):
-        arr = np.asarray(x, dtype=np.float64)
-        ok = np.all(arr > minimum) if strict else np.all(arr >= minimum)
-        if not (np.all(np.isfinite(arr)) and ok):
-            rel = ">" if strict else ">="
-            raise ValueError(f"`{name}` must be finite and {rel} {minimum:g}, got {x}.")
+def _check_positive(x: Array, name: str, minimum: float = 0.0, strict: bool = True) -> Array:
+    rel = ">" if strict else ">="
+    return check_value(
+        x,
+        lambda v: jnp.isfinite(v) & ((v > minimum) if strict else (v >= minimum)),
+        f"`{name}` must be finite and {rel} {minimum:g}",
+    )
 
 
 def theorem1_bound(
@@ -44,12 +44,14 @@ def theorem1_bound(
     """
     names = ("num_steps", "dim", "lipschitz", "eps", "eps_approx", "constant")
     args = [as_float_array(v, n) for v, n in zip((num_steps, dim, lipschitz, eps, eps_approx, constant), names)]
-    _check_positive(args[0], "num_steps", 2.0, strict=False)
-    _check_positive(args[1], "dim", 1.0, strict=False)
-    _check_positive(args[2], "lipschitz")
-    _check_positive(args[3], "eps", strict=False)
-    _check_positive(args[4], "eps_approx", strict=False)
-    _check_positive(args[5], "constant")
+    args = [
+        _check_positive(args[0], "num_steps", 2.0, strict=False),
+        _check_positive(args[1], "dim", 1.0, strict=False),
+        _check_positive(args[2], "lipschitz"),
+        _check_positive(args[3], "eps", strict=False),
+        _check_positive(args[4], "eps_approx", strict=False),
+        _check_positive(args[5], "constant"),
+    ]
     dtype = np.result_type(*(np.dtype(a.dtype) for a in args))
     T, d, L, e, ea, c = (
         jnp.broadcast_to(v.astype(dtype), jnp.broadcast_shapes(*(a.shape for a in args))) for v in args

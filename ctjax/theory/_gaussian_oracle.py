@@ -5,12 +5,14 @@ stage minimiser $f^\star_k$ is affine and diagonal in $U$, so the whole recursio
 and a cumulative sum over a `(T, d)` array.
 """
 
+from typing import Any
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._misc import as_float_array, check_point, is_concrete
+from .._misc import as_float_array, check_point, check_value, check_values, is_concrete
 from .._schedules import AbstractSchedule, DiscreteVP
 from .._targets import Gaussian
 
@@ -40,16 +42,17 @@ def stage_grid(schedule: AbstractSchedule, times: ArrayLike | None = None) -> tu
     times = as_float_array(times, "times")
     if times.ndim != 1 or times.shape[0] < 2:
         raise ValueError(f"`times` must be a 1-D array of at least 2 stage times, got shape {tuple(times.shape)}.")
-    if is_concrete(times):
-        t = np.asarray(times, dtype=np.float64)
-        lo, hi = float(schedule.t_min), float(schedule.t_max)
-        if not np.all(np.isfinite(t)) or not np.all(np.diff(t) > 0):
-            raise ValueError("`times` must be finite and strictly increasing (stage 1 is the data end).")
-        if t[0] < lo or t[-1] > hi:
-            raise ValueError(
-                f"`times` must lie inside [t_min, t_max] = [{lo:g}, {hi:g}] of {type(schedule).__name__}, "
-                f"got [{t[0]:g}, {t[-1]:g}]; clip it to the schedule's range."
-            )
+    times = check_value(
+        times,
+        lambda t: jnp.all(jnp.isfinite(t)) & jnp.all(jnp.diff(t) > 0),
+        "`times` must be finite and strictly increasing (stage 1 is the data end)",
+        show=False,
+    )
+    times = check_value(
+        times,
+        lambda t: (t[0] >= schedule.t_min) & (t[-1] <= schedule.t_max),
+        f"`times` must lie inside [t_min, t_max] of {type(schedule).__name__}; clip it to the schedule's range",
+    )
     return _coefficients_at(schedule, times)
 
 
@@ -60,28 +63,30 @@ def _coefficients_at(schedule: AbstractSchedule, times: Array) -> tuple[Array, A
 
 def check_grid(alphas: ArrayLike, sigmas: ArrayLike, *arrays: ArrayLike) -> tuple[Array, ...]:
     """Validate a stage grid and cast it, and `arrays`, to one floating JAX dtype (for the jit-able oracles)."""
-    alphas = as_float_array(alphas, "alphas")
-    sigmas = as_float_array(sigmas, "sigmas")
-    _check_grid_values(alphas, sigmas)
-    dtype = np.result_type(*(np.dtype(x.dtype) for x in (alphas, sigmas, *map(jnp.asarray, arrays))))
-    return tuple(jnp.asarray(x).astype(dtype) for x in (alphas, sigmas, *arrays))
+    a, s = _check_grid_values(as_float_array(alphas, "alphas"), as_float_array(sigmas, "sigmas"))
+    dtype = np.result_type(*(np.dtype(x.dtype) for x in (a, s, *map(jnp.asarray, arrays))))
+    return tuple(jnp.asarray(x).astype(dtype) for x in (a, s, *arrays))
 
 
-def _check_grid_values(alphas, sigmas) -> None:
+def _check_grid_values(alphas: Any, sigmas: Any) -> tuple[Any, ...]:
     if alphas.ndim != 1 or alphas.shape[0] < 2 or sigmas.shape != alphas.shape:
         raise ValueError(
             "`alphas` and `sigmas` must be 1-D arrays of the same length T >= 2 (one entry per stage), got shapes "
             f"{tuple(alphas.shape)} and {tuple(sigmas.shape)}; `stage_grid(schedule, times)` builds them."
         )
-    if is_concrete((alphas, sigmas)):
-        a, s = np.asarray(alphas, np.float64), np.asarray(sigmas, np.float64)
-        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(s))):
-            raise ValueError("`alphas` and `sigmas` must be finite.")
-        if np.any(a < 0) or np.any(s < 0) or np.any(s[1:] <= 0):
-            raise ValueError(
-                "Need alphas >= 0, sigmas >= 0 and sigmas > 0 from stage 2 on (the stage minimiser divides by "
-                "sigma_k); only stage 1 may sit at zero noise."
-            )
+    alphas, sigmas = check_values(
+        ("alphas", "sigmas"),
+        (alphas, sigmas),
+        lambda a, s: jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(s)),
+        "`alphas` and `sigmas` must be finite",
+    )
+    return check_values(
+        ("alphas", "sigmas"),
+        (alphas, sigmas),
+        lambda a, s: jnp.all(a >= 0) & jnp.all(s >= 0) & jnp.all(s[1:] > 0),
+        "Need alphas >= 0, sigmas >= 0 and sigmas > 0 from stage 2 on (the stage minimiser divides by "
+        "sigma_k); only stage 1 may sit at zero noise",
+    )
 
 
 def host_array(x: ArrayLike, name: str, what: str) -> np.ndarray:
@@ -97,7 +102,7 @@ def host_array(x: ArrayLike, name: str, what: str) -> np.ndarray:
 def host_grid(alphas: ArrayLike, sigmas: ArrayLike, what: str) -> tuple[np.ndarray, np.ndarray]:
     """A validated stage grid as float64 NumPy arrays."""
     a, s = host_array(alphas, "alphas", what), host_array(sigmas, "sigmas", what)
-    _check_grid_values(a, s)
+    a, s = _check_grid_values(a, s)
     return a, s
 
 

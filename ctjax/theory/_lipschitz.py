@@ -10,7 +10,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._consistency import StagedConsistencyModel
-from .._misc import as_float_array, check_finite, check_time
+from .._misc import as_float_array, check_finite, check_time, validate_int
 from .._schedules import AbstractSchedule
 from .._targets import AbstractTarget, Gaussian
 from ._gaussian_oracle import host_eigh
@@ -81,9 +81,8 @@ def _check_estimate_args(fn, points, num_iterations) -> tuple[Array, int]:
             f"`points` must be a non-empty (n, dim) array of points, got shape {tuple(points.shape)}; "
             "wrap a single point as points[None]."
         )
-    check_finite(points, "points")
-    if isinstance(num_iterations, bool) or int(num_iterations) != num_iterations or int(num_iterations) < 1:
-        raise ValueError(f"`num_iterations` must be a positive integer, got {num_iterations!r}.")
+    points = check_finite(points, "points")
+    num_iterations = validate_int(num_iterations, "num_iterations", 1)
     out = jax.eval_shape(fn, jax.ShapeDtypeStruct(points.shape[1:], points.dtype))
     if not isinstance(out, jax.ShapeDtypeStruct) or len(out.shape) != 1:
         raise ValueError(
@@ -161,10 +160,8 @@ def staged_lipschitz(
         raise TypeError(f"`model` must be a StagedConsistencyModel, got {type(model).__name__}.")
     if not isinstance(target, AbstractTarget):
         raise TypeError(f"`target` must be a ctjax target, got {type(target).__name__}.")
-    if isinstance(num_points, bool) or int(num_points) < 1:
-        raise ValueError(f"`num_points` must be a positive integer, got {num_points!r}.")
-    if isinstance(num_iterations, bool) or int(num_iterations) < 1:
-        raise ValueError(f"`num_iterations` must be a positive integer, got {num_iterations!r}.")
+    num_points = validate_int(num_points, "num_points", 1)
+    num_iterations = validate_int(num_iterations, "num_iterations", 1)
     maxima = []
     for index in range(1, model.num_stages):
         k_x, k_z, k_v = jr.split(jr.fold_in(key, index), 3)

@@ -20,6 +20,7 @@ from ._curricula import (
     SqrtCurriculum as SqrtCurriculum,
 )
 from ._diffusion import (
+    AbstractPretrainingTrainer as AbstractPretrainingTrainer,
     DenoisingTrainer as DenoisingTrainer,
     diffusion_pretraining as diffusion_pretraining,
     FlowMatchingTrainer as FlowMatchingTrainer,

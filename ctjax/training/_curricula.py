@@ -6,6 +6,7 @@ training never recompiles.
 
 import abc
 import math
+from typing import ClassVar, TYPE_CHECKING
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -17,9 +18,10 @@ from .._misc import validate_int
 class AbstractCurriculum(eqx.Module):
     """The number of discretisation points $N(k)$ at training step $k$."""
 
-    @property
-    @abc.abstractmethod
-    def max_scales(self) -> int:
+    if TYPE_CHECKING:  # an AbstractVar would be a constructor argument to type checkers
+        max_scales: ClassVar[int]
+    else:
+        max_scales: eqx.AbstractVar[int]
         """An upper bound on $N(k)$ (static: sizes the padded grids)."""
 
     @abc.abstractmethod

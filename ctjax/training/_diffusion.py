@@ -15,6 +15,7 @@ The trained model (`trainer.result(state)`) can be passed straight to `ECTTraine
 `ContinuousConsistencyTrainer.init` or wrapped as a teacher.
 """
 
+import abc
 from typing import cast
 
 import equinox as eqx
@@ -64,7 +65,33 @@ class LearnedVelocity(eqx.Module):
         return sd * self.net(x / sd, jnp.asarray(self.time_scale, x.dtype) * t)
 
 
-class FlowMatchingTrainer(AbstractEMATrainer):
+class AbstractPretrainingTrainer(AbstractEMATrainer):
+    """A diffusion pre-training trainer: no teacher and no extra state, and a loss of the model and
+    the batch alone (the training step does not enter it)."""
+
+    @abc.abstractmethod
+    def pretraining_loss(
+        self, model: ConsistencyFunction, batch: Batch, key: PRNGKeyArray
+    ) -> tuple[Array, dict[str, Array]]:
+        """The mean loss over `batch` `(B, dim)`."""
+
+    def teacher_decay(self, step: Int[Array, ""]) -> None:
+        return None
+
+    def loss(
+        self,
+        model: ConsistencyFunction,
+        extra: None,
+        teacher: None,
+        batch: Batch,
+        step: Int[Array, ""],
+        key: PRNGKeyArray,
+    ) -> tuple[Array, dict[str, Array]]:
+        """`pretraining_loss(model, batch, key)`; there is no `extra` state, no `teacher`, and `step` is unused."""
+        return self.pretraining_loss(model, batch, key)
+
+
+class FlowMatchingTrainer(AbstractPretrainingTrainer):
     r"""TrigFlow flow matching (sCM's diffusion pre-training) of a TrigFlow `ConsistencyFunction`:
 
     $E\,\|\sigma_d F_\theta(x_t/\sigma_d, t) - \tfrac{dx_t}{dt}\|^2$, with $x_t = \cos t\, x_0 + \sin t\, z$,
@@ -92,19 +119,10 @@ class FlowMatchingTrainer(AbstractEMATrainer):
     def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
         return self.initial_state(check_trigflow_model(model), key=key)
 
-    def teacher_decay(self, step: Int[Array, ""]) -> None:
-        return None
-
-    def loss(
-        self,
-        model: ConsistencyFunction,
-        extra: None,
-        teacher: None,
-        batch: Batch,
-        step: Int[Array, ""],
-        key: PRNGKeyArray,
+    def pretraining_loss(
+        self, model: ConsistencyFunction, batch: Batch, key: PRNGKeyArray
     ) -> tuple[Array, dict[str, Array]]:
-        """The mean flow-matching loss over `batch` `(B, dim)` (no extra state, no teacher; any step)."""
+        """The mean flow-matching loss over `batch` `(B, dim)`."""
         sd = trigflow_sigma_data(model)
         t, x_t, dx_dt, drop_keys = trigflow_draw(model, batch, key, self.p_mean, self.p_std)
         F = jax.vmap(lambda t_, x_, k_: network_output(model, t_, x_, key=k_))(t, x_t, drop_keys)
@@ -112,7 +130,7 @@ class FlowMatchingTrainer(AbstractEMATrainer):
         return jnp.mean(per_example), {}
 
 
-class DenoisingTrainer(AbstractEMATrainer):
+class DenoisingTrainer(AbstractPretrainingTrainer):
     r"""EDM denoising pre-training of a `ConsistencyFunction` on any schedule (ECT's starting point
     on the variance-exploding one):
 
@@ -149,19 +167,10 @@ class DenoisingTrainer(AbstractEMATrainer):
             )
         return self.initial_state(model, key=key)
 
-    def teacher_decay(self, step: Int[Array, ""]) -> None:
-        return None
-
-    def loss(
-        self,
-        model: ConsistencyFunction,
-        extra: None,
-        teacher: None,
-        batch: Batch,
-        step: Int[Array, ""],
-        key: PRNGKeyArray,
+    def pretraining_loss(
+        self, model: ConsistencyFunction, batch: Batch, key: PRNGKeyArray
     ) -> tuple[Array, dict[str, Array]]:
-        """The mean denoising loss over `batch` `(B, dim)` (no extra state, no teacher; any step)."""
+        """The mean denoising loss over `batch` `(B, dim)`."""
         schedule: AbstractSchedule = model.schedule
         num_batch, dtype = batch.shape[0], batch.dtype
         k_time, k_noise, k_drop = jr.split(key, 3)

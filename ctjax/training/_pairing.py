@@ -36,7 +36,7 @@ class AbstractPairing(eqx.Module):
 class CoupledNoise(AbstractPairing):
     r"""Consistency training: $x_{t_{lo}} = \alpha(t_{lo}) x_0 + \sigma(t_{lo}) z$ with the same $z$."""
 
-    def earlier(self, schedule, x0, z, x_hi, t_lo, t_hi):
+    def earlier(self, schedule: AbstractSchedule, x0: Array, z: Array, x_hi: Array, t_lo: Array, t_hi: Array) -> Array:
         return schedule.interpolate(t_lo, x0, z)
 
 
@@ -63,7 +63,7 @@ class ODEStep(AbstractPairing):
     velocity: Velocity = eqx.field(converter=_check_velocity)
     method: str = eqx.field(static=True, default="heun", converter=choice_field("method", ("euler", "heun")))
 
-    def earlier(self, schedule, x0, z, x_hi, t_lo, t_hi):
+    def earlier(self, schedule: AbstractSchedule, x0: Array, z: Array, x_hi: Array, t_lo: Array, t_hi: Array) -> Array:
         h = (t_lo - t_hi).astype(x_hi.dtype)
         v_hi = self.velocity(t_hi, x_hi)
         euler = x_hi + h * v_hi

@@ -104,7 +104,9 @@ class StagedConsistencyTraining(AbstractTrainer):
         prev = jax.lax.stop_gradient(eqx.filter(model.stage_net(k - 1), eqx.is_inexact_array))
         net_prev = eqx.combine(prev, eqx.filter(model.stage_net(k - 1), eqx.is_inexact_array, inverse=True))
         keys = jr.split(k_drop, batch.shape[0])
-        apply = lambda net, t: jax.vmap(lambda x, kk: apply_scalings(model.scalings, model.schedule, net, t, x, kk))
+        apply = lambda net, t: jax.vmap(
+            lambda x, kk: apply_scalings(model.scalings, model.schedule, net, t, x, kk, check_traced=False)
+        )
         student = apply(net_k, t_k)(x_k, keys)
         teacher = jax.lax.stop_gradient(apply(net_prev, t_prev)(x_prev, keys))
         return jnp.mean(jax.vmap(self.distance)(student - teacher)), {}

@@ -22,7 +22,7 @@ class AbstractTeacher(eqx.Module):
 class StopGradientTeacher(AbstractTeacher):
     r"""$\theta^- = \mathrm{sg}(\theta)$ (iCT, ECT, sCM)."""
 
-    def decay(self, step, num_scales) -> None:
+    def decay(self, step: Int[ArrayLike, ""], num_scales: Int[ArrayLike, ""]) -> None:
         return None
 
 
@@ -33,7 +33,7 @@ class EMATeacher(AbstractTeacher):
         default=0.95, converter=lambda mu: check_value(mu, lambda m: (m >= 0) & (m < 1), "EMATeacher needs 0 <= mu < 1")
     )
 
-    def decay(self, step, num_scales) -> Array:
+    def decay(self, step: Int[ArrayLike, ""], num_scales: Int[ArrayLike, ""]) -> Array:
         return jnp.asarray(self.mu, jnp.float32)
 
 
@@ -48,7 +48,7 @@ class AdaptiveEMATeacher(AbstractTeacher):
     s0: int = eqx.field(static=True, default=2, converter=int_field("s0", 1))
     convention: str = eqx.field(static=True, default="paper", converter=choice_field("convention", ("paper", "code")))
 
-    def decay(self, step, num_scales) -> Array:
+    def decay(self, step: Int[ArrayLike, ""], num_scales: Int[ArrayLike, ""]) -> Array:
         n = jnp.asarray(num_scales, jnp.float32)
         if self.convention == "code":
             n = n - 1

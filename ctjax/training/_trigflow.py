@@ -14,7 +14,7 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from .._consistency import ConsistencyFunction, TrigFlowScalings
 from .._custom_types import RealScalarLike
-from .._misc import is_concrete
+from .._misc import is_concrete, runtime_check
 from .._schedules import AbstractSchedule, TrigFlow
 from ._base import stop_gradient_model
 from ._time_sampling import lognormal_times
@@ -42,7 +42,7 @@ def check_trigflow_model(model: Any) -> ConsistencyFunction:
         if float(sd_sched) != float(sd_scal):
             raise ValueError(f"{message}, got {float(sd_sched)} and {float(sd_scal)}.")
         return model
-    checked = eqx.error_if(sd_scal, jnp.asarray(sd_sched) != jnp.asarray(sd_scal), f"{message}.")
+    checked = runtime_check(sd_scal, jnp.asarray(sd_sched) != jnp.asarray(sd_scal), f"{message}.")
     return eqx.tree_at(lambda m: m.scalings.sigma_data, model, checked)
 
 
