@@ -4,8 +4,10 @@ One test per case; none compiles a training step (the checks run before anything
 """
 
 import json
+import zipfile
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -251,17 +253,53 @@ def test_cli_devices_more_than_available(capsys, tmp_path):
 
 
 def _saved(tmp_path, state):
-    checkpoint.save_checkpoint(tmp_path, state, {"step": 3})
-    return tmp_path / checkpoint.CHECKPOINT
+    return checkpoint.save_checkpoint(tmp_path, state, {"step": 3}, {"loss": np.arange(3.0)})
+
+
+def _saved_legacy(tmp_path, state):
+    """A checkpoint in the three-file layout of older versions."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    with open(tmp_path / checkpoint.LEGACY_STATE, "wb") as f:
+        eqx.tree_serialise_leaves(f, state, filter_spec=checkpoint._write_leaf)
+    (tmp_path / checkpoint.LEGACY_META).write_text(json.dumps({"step": 3}))
+    return tmp_path / checkpoint.LEGACY_STATE
+
+
+def _rewritten(path, name, data: bytes):
+    """The archive at `path` with its member `name` replaced by `data` (a valid zip, CRCs included)."""
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    with zipfile.ZipFile(path, "w") as z:
+        for n, d in {**members, name: data}.items():
+            z.writestr(n, d)
 
 
 def test_checkpoint_missing(tmp_path, problem):
     with pytest.raises(checkpoint.CheckpointError, match="No checkpoint in"):
         checkpoint.load_checkpoint(tmp_path, problem[4])
+    # Half of the older layout is no checkpoint either.
+    _saved_legacy(tmp_path, problem[4])
+    (tmp_path / checkpoint.LEGACY_META).unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="No checkpoint in"):
+        checkpoint.load_checkpoint(tmp_path, problem[4])
 
 
-def test_checkpoint_corrupt(tmp_path, problem):
-    path = _saved(tmp_path, problem[4])
+def test_checkpoint_round_trip(tmp_path, problem):
+    """What is saved is what loads: every leaf, the metadata and the history."""
+    state = problem[4]
+    _saved(tmp_path, state)
+    loaded, meta, history = checkpoint.load_checkpoint(tmp_path, state)
+    assert eqx.tree_equal(
+        jax.tree.map(np.asarray, eqx.filter(loaded, eqx.is_inexact_array)),
+        jax.tree.map(np.asarray, eqx.filter(state, eqx.is_inexact_array)),
+    )
+    assert bool(jnp.all(jr.key_data(loaded.key) == jr.key_data(state.key)))
+    assert meta == {"step": 3} and list(history) == ["loss"] and history["loss"].tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("layout", ["archive", "legacy"])
+def test_checkpoint_corrupt(layout, tmp_path, problem):
+    path = (_saved if layout == "archive" else _saved_legacy)(tmp_path, problem[4])
     data = bytearray(path.read_bytes())
     data[: len(data) // 2] = b"\x00" * (len(data) // 2)
     path.write_bytes(bytes(data))
@@ -269,16 +307,35 @@ def test_checkpoint_corrupt(tmp_path, problem):
         checkpoint.load_checkpoint(tmp_path, problem[4])
 
 
-def test_checkpoint_truncated(tmp_path, problem):
+def test_checkpoint_one_byte_flipped(tmp_path, problem):
+    """The archive's CRC-32s catch damage that would still deserialise (a flipped bit in a weight)."""
     path = _saved(tmp_path, problem[4])
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(checkpoint.CheckpointError, match="is corrupt or does not match"):
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("state.eqx")
+    offset = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.file_size - 3
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match=f"Checkpoint {path} is corrupt or truncated.*CRC"):
         checkpoint.load_checkpoint(tmp_path, problem[4])
 
 
-def test_checkpoint_metadata_corrupt(tmp_path, problem):
-    _saved(tmp_path, problem[4])
-    (tmp_path / checkpoint.META).write_text('{"step": 3')
+@pytest.mark.parametrize("layout", ["archive", "legacy"])
+def test_checkpoint_truncated(layout, tmp_path, problem):
+    path = (_saved if layout == "archive" else _saved_legacy)(tmp_path, problem[4])
+    path.write_bytes(path.read_bytes()[:100])
+    match = "is corrupt or truncated" if layout == "archive" else "is corrupt or does not match"
+    with pytest.raises(checkpoint.CheckpointError, match=f"Checkpoint {path} {match}"):
+        checkpoint.load_checkpoint(tmp_path, problem[4])
+
+
+@pytest.mark.parametrize("layout", ["archive", "legacy"])
+def test_checkpoint_metadata_corrupt(layout, tmp_path, problem):
+    path = (_saved if layout == "archive" else _saved_legacy)(tmp_path, problem[4])
+    if layout == "archive":
+        _rewritten(path, "meta.json", b'{"step": 3')
+    else:
+        (tmp_path / checkpoint.LEGACY_META).write_text('{"step": 3')
     with pytest.raises(checkpoint.CheckpointError, match="Corrupt checkpoint metadata"):
         checkpoint.load_checkpoint(tmp_path, problem[4])
 
@@ -293,8 +350,8 @@ def test_checkpoint_of_a_wider_model(tmp_path, problem):
 
 def test_checkpoint_of_a_smaller_model(tmp_path, problem):
     *_, trainer, state = problem
-    _saved(tmp_path, eqx.tree_at(lambda s: s.ema, state, None))
-    with pytest.raises(checkpoint.CheckpointError):
+    path = _saved(tmp_path, eqx.tree_at(lambda s: s.ema, state, None))
+    with pytest.raises(checkpoint.CheckpointError, match=f"{path} is corrupt or does not match this run's model"):
         checkpoint.load_checkpoint(tmp_path, state)
 
 
@@ -306,4 +363,4 @@ def test_cli_checkpoint_of_another_model(tmp_path, problem, capsys):
     config = {"preset": "gmm2d", "method": "ict", "steps": 10, "model": {"width": 32, "depth": 1}}
     (run / "config.json").write_text(json.dumps(config))
     line = _cli_error(["sample", str(run), "--num", "2"], capsys)
-    assert "checkpoint.eqx" in line and "does not match this run's model/optimizer" in line
+    assert "checkpoint.npz" in line and "does not match this run's model/optimizer" in line

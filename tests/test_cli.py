@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -18,6 +19,18 @@ from ctjax.experiments._setup import resolve_defaults
 
 
 TINY = ["--model.width", "16", "--model.depth", "1", "--batch-size", "32", "--no-progress", "--no-evaluate"]
+
+
+def _meta(run) -> dict:
+    """The metadata of a run's checkpoint (the archive's meta.json, read without ctjax)."""
+    with zipfile.ZipFile(run / "checkpoint.npz") as z:
+        return json.loads(z.read("meta.json"))
+
+
+def _history(run) -> dict:
+    """The per-step history of a run's checkpoint, as NumPy reads it."""
+    with np.load(run / "checkpoint.npz") as f:
+        return {k.removeprefix("history/"): f[k] for k in f.files if k.startswith("history/")}
 
 
 def _run(argv, capsys):
@@ -34,9 +47,9 @@ def test_train_eval_sample_plot(tmp_path, capsys):
     assert code == 0, out
     config = json.loads((run / "config.json").read_text())
     assert config["steps"] == 40 and config["method"] == "scd" and config["model"]["width"] == 16
-    assert json.loads((run / "checkpoint.json").read_text())["step"] == 40
-    with np.load(run / "history.npz") as h:
-        assert h["loss"].shape == (40,) and np.all(np.isfinite(h["loss"]))
+    assert _meta(run)["step"] == 40
+    h = _history(run)
+    assert h["loss"].shape == (40,) and np.all(np.isfinite(h["loss"]))
 
     code, out, _ = _run(["eval", str(run), "--num", "300", "--repeats", "2", "--map-error-points", "64"], capsys)
     assert code == 0
@@ -72,12 +85,12 @@ def test_continuous_time_and_ect_methods(method, tmp_path, capsys):
     )
     assert code == 0, out
     assert json.loads((run / "config.json").read_text())["method"] == method
-    with np.load(run / "history.npz") as h:
-        assert h["loss"].shape == (6,) and np.all(np.isfinite(h["loss"]))
-        if method == "ect":
-            assert h["stage"].tolist() == [0, 0, 0, 1, 1, 1]
-        else:
-            assert h["warmup_ratio"].tolist() == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]
+    h = _history(run)
+    assert h["loss"].shape == (6,) and np.all(np.isfinite(h["loss"]))
+    if method == "ect":
+        assert h["stage"].tolist() == [0, 0, 0, 1, 1, 1]
+    else:
+        assert h["warmup_ratio"].tolist() == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]
     code, out, _ = _run(["eval", str(run), "--num", "300", "--repeats", "2", "--map-error-points", "64"], capsys)
     assert code == 0, out
     result = json.loads((run / "eval.json").read_text())
@@ -91,11 +104,11 @@ def test_ect_after_denoising_pretraining(tmp_path, capsys):
     options = ["--method", "ect", "--ect.pretrain-steps", "3", "--ect.num-stages", "2", "--steps", "4"]
     code, out, _ = _run(["train", *options, "--chunk-size", "2", "--out", str(run), *TINY], capsys)
     assert code == 0, out
-    assert json.loads((run / "checkpoint.json").read_text())["step"] == 7
-    with np.load(run / "history.npz") as h:
-        assert h["phase"].tolist() == [0, 0, 0, 1, 1, 1, 1]
-        assert h["stage"].tolist() == [0, 0, 0, 0, 0, 1, 1]
-        assert np.all(np.isfinite(h["loss"]))
+    assert _meta(run)["step"] == 7
+    h = _history(run)
+    assert h["phase"].tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert h["stage"].tolist() == [0, 0, 0, 0, 0, 1, 1]
+    assert np.all(np.isfinite(h["loss"]))
     code, out, _ = _run(["eval", str(run), "--num", "300", "--repeats", "2", "--map-error-points", "64"], capsys)
     assert code == 0, out
     assert json.loads((run / "eval.json").read_text())["step"] == 7
@@ -212,7 +225,7 @@ def test_bad_options_give_one_line_errors(argv, match, tmp_path, capsys, monkeyp
 def test_bad_checkpoint_is_named(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli.main(["train", "--steps", "2", "--out", str(run), *TINY]) == 0
-    (run / "checkpoint.eqx").write_bytes(b"garbage")
+    (run / "checkpoint.npz").write_bytes(b"garbage")
     capsys.readouterr()
     assert cli.main(["eval", str(run)]) == 2
     assert "corrupt" in capsys.readouterr().err
@@ -251,19 +264,17 @@ def test_killed_run_resumes_bit_identically(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(_train_cmd(full, steps), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(_train_cmd(killed, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    meta = killed / "checkpoint.json"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if meta.exists():
-            try:
-                if 0 < json.loads(meta.read_text())["step"] < steps // 2:
-                    break
-            except (json.JSONDecodeError, KeyError):
-                pass
+        try:
+            if 0 < _meta(killed)["step"] < steps // 2:
+                break
+        except (OSError, zipfile.BadZipFile, KeyError, json.JSONDecodeError):
+            pass
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    stopped_at = json.loads(meta.read_text())["step"]
+    stopped_at = _meta(killed)["step"]
     assert 0 < stopped_at < steps, stopped_at
     resumed = subprocess.run(
         [
@@ -282,6 +293,8 @@ def test_killed_run_resumes_bit_identically(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {killed} at step {stopped_at}" in resumed.stdout
-    assert (full / "checkpoint.eqx").read_bytes() == (killed / "checkpoint.eqx").read_bytes()
-    with np.load(full / "history.npz") as a, np.load(killed / "history.npz") as b:
-        assert np.array_equal(a["loss"], b["loss"])
+    with zipfile.ZipFile(full / "checkpoint.npz") as a, zipfile.ZipFile(killed / "checkpoint.npz") as b:
+        assert a.read("state.eqx") == b.read("state.eqx")
+    a, b = _history(full), _history(killed)
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["loss"].shape == (steps,)

@@ -2,15 +2,14 @@
 quantity and the last good checkpoint, and never overwrites that checkpoint.
 (A process killed mid-write: tests/test_checkpoint_kill.py.)"""
 
-import json
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jaxtyping import Array
 
-from ctjax.experiments import _cli as cli, _run as run
+from ctjax.experiments import _cli as cli, _run as run, load_checkpoint
 from ctjax.training import AbstractTrainer
 
 
@@ -52,9 +51,9 @@ def diverging(monkeypatch):
         loss_from, grad_from = (jnp.asarray(settings.get(k, 10**9)) for k in ("loss", "grad"))
         return NonFinite(trainer, loss_from, grad_from), model, total
 
-    def save(run_dir, state, meta):
+    def save(run_dir, state, *args, **kwargs):
         saved_steps.append(int(state.step))
-        save_checkpoint(run_dir, state, meta)
+        return save_checkpoint(run_dir, state, *args, **kwargs)
 
     monkeypatch.setattr(run, "build_method", build)
     monkeypatch.setattr(run, "save_checkpoint", save)
@@ -77,12 +76,14 @@ def test_non_finite_stops_training_and_keeps_the_checkpoint(quantity, bad_step, 
     line = _train_error(["train", *CHUNKS, "--out", str(run_dir), *TINY], capsys)
     name = "the loss is nan" if quantity == "loss" else "the gradient norm (grad_norm) is inf"
     assert f"at step {bad_step}: {name}" in line
-    assert f"last good checkpoint, {run_dir / 'checkpoint.eqx'} at step 10, is kept" in line
-    # Saved at 5 and 10, never after; the checkpoint on disk is the one of step 10 and loads.
+    assert f"last good checkpoint, {run_dir / 'checkpoint.npz'} at step 10, is kept" in line
+    assert "data scale" not in line  # gmm2d's scale is about 1
+    # Saved at 5 and 10, never after; the checkpoint on disk is the one of step 10 and loads, with
+    # the history of its 10 steps.
     assert saved_steps == [5, 10]
-    assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 10
     _, _, _, state = run.load_run(run_dir)
-    assert int(state.step) == 10
+    _, meta, history = load_checkpoint(run_dir, state)
+    assert int(state.step) == meta["step"] == 10 and history["loss"].shape == (10,)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(eqx.filter(state.model, eqx.is_inexact_array)))
 
 
@@ -92,4 +93,18 @@ def test_non_finite_before_any_checkpoint(diverging, tmp_path, capsys):
     run_dir = tmp_path / "run"
     line = _train_error(["train", *CHUNKS, "--out", str(run_dir), *TINY], capsys)
     assert "at step 2: the loss is nan" in line and f"No checkpoint had been written yet to {run_dir}" in line
-    assert saved_steps == [] and not (run_dir / "checkpoint.eqx").exists()
+    assert saved_steps == [] and not (run_dir / "checkpoint.npz").exists()
+
+
+def test_non_finite_with_data_far_from_unit_scale(diverging, tmp_path, capsys):
+    """When the data's scale is far from 1, the divergence message says so and how to fix it."""
+    settings, _ = diverging
+    settings["loss"] = 2
+    points = np.random.default_rng(0).normal(size=(64, 2)) * np.array([3e3, 1e3])
+    np.save(tmp_path / "wide.npy", points)
+    sigma = np.sqrt(np.mean(np.var(points, axis=0)))
+    argv = ["train", "--data", str(tmp_path / "wide.npy"), *CHUNKS, "--out", str(tmp_path / "run"), *TINY]
+    line = _train_error(argv, capsys)
+    assert "at step 2: the loss is nan" in line and "lower --optim.lr" in line
+    assert f"The data scale sigma_data = {sigma:.3g} (--data {tmp_path / 'wide.npy'}) is far from 1" in line
+    assert f"rescale the data to unit scale (divide it by {sigma:.2g})" in line

@@ -2,8 +2,10 @@
 
 import contextlib
 import io
+import pathlib
 import re
 import sys
+import warnings
 
 import tyro
 
@@ -44,6 +46,26 @@ def parse(argv: list[str]):
         raise
 
 
+_PACKAGE = pathlib.Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """ctjax's own warnings as one line, `ctjax: warning: ...` (Python's format adds the file, the
+    line number and the source line); other libraries' warnings as they are."""
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if _PACKAGE in pathlib.Path(filename).resolve().parents:
+            print(f"ctjax: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     config = parse(args)
@@ -51,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     actions = {TrainConfig: run.train, EvalConfig: run.evaluate, SampleConfig: run.sample, PlotConfig: run.plot}
     try:
-        actions[type(config)](config)
+        with _one_line_warnings():
+            actions[type(config)](config)
     except (ConfigError, CheckpointError, run.TrainingDiverged) as err:
         print(f"ctjax: error: {err}", file=sys.stderr)
         return 2

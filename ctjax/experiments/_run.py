@@ -15,7 +15,18 @@ from .._consistency import ExactConsistencyFunction
 from .._sampling import sample as sample_model
 from .._schedules import DiscreteVP
 from ..training import fit
-from ._checkpoint import _atomic_write, load_checkpoint, save_checkpoint
+from ._checkpoint import (
+    _atomic_write,
+    CHECKPOINT,
+    checkpoint_path,
+    LEGACY_HISTORY,
+    LEGACY_META,
+    LEGACY_STATE,
+    load_checkpoint,
+    remove_superseded,
+    save_checkpoint,
+    temporaries,
+)
 from ._config import EvalConfig, PlotConfig, SampleConfig, to_json, train_config_from_json, TrainConfig
 from ._setup import (
     build_mesh,
@@ -29,8 +40,9 @@ from ._setup import (
 
 
 CONFIG = "config.json"
-HISTORY = "history.npz"
 EVAL = "eval.json"
+# Every file the run directory's writers create through a temporary file.
+_WRITTEN = (CONFIG, CHECKPOINT, EVAL, LEGACY_STATE, LEGACY_META, LEGACY_HISTORY)
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,19 +54,60 @@ def _default_out(cfg: TrainConfig) -> pathlib.Path:
     return pathlib.Path("runs") / f"{name}-{cfg.method}"
 
 
-def _save_history(run_dir: pathlib.Path, history: dict[str, np.ndarray]) -> None:
-    def write(f):
-        np.savez(f, **{str(k): np.asarray(v) for k, v in history.items()})  # pyright: ignore[reportArgumentType]
+def _merge_history(segments: list[tuple[int, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """One array per metric over consecutive segments of (number of steps, metrics). A metric a
+    segment lacks (a history lost by an older version's checkpoint) is NaN there, so every entry
+    stays at its step."""
+    names = list(dict.fromkeys(name for _, segment in segments for name in segment))
+    merged = {}
+    for name in names:
+        parts = []
+        for length, segment in segments:
+            values = np.asarray(segment.get(name, np.zeros(0)))[:length]
+            if len(values) < length:
+                dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.float64
+                values = np.concatenate([values.astype(dtype), np.full(length - len(values), np.nan, dtype)])
+            parts.append(values)
+        merged[name] = np.concatenate(parts)
+    return merged
 
-    _atomic_write(run_dir / HISTORY, write)
+
+def _remove_temporaries(run_dir: pathlib.Path) -> None:
+    """Temporary files of a write that was killed: the file they were to replace is intact."""
+    for stale in temporaries(run_dir, _WRITTEN):
+        stale.unlink(missing_ok=True)
 
 
-def _load_history(run_dir: pathlib.Path, upto: int) -> dict[str, np.ndarray]:
-    path = run_dir / HISTORY
-    if not path.exists():
-        return {}
-    with np.load(path) as f:
-        return {k: f[k][:upto] for k in f.files}
+def _check_run_dir(run_dir: pathlib.Path, given: bool) -> None:
+    """The run directory must be a directory, or creatable as one (checked before anything is built)."""
+    where = f"--out {run_dir}" if given else f"the default run directory {run_dir}"
+    existing = run_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "is a file" if existing == run_dir else f"cannot be created: {existing} is a file"
+        raise ConfigError(
+            f"{where} {what}; --out names the run directory: pass a path that is a directory or does not exist yet."
+        )
+
+
+def _scale_advice(cfg: TrainConfig, sigma_data: float) -> str:
+    """A hint for the divergence message when the data's scale is far from the unit scale that the
+    noise schedules (VE: sigma from 0.002 to 80) and the default learning rate assume."""
+    if 1e-2 <= sigma_data <= 1e2:
+        return ""
+    if cfg.model.sigma_data is not None:
+        source = f"--model.sigma-data {cfg.model.sigma_data:g}"
+    elif cfg.data is not None:
+        source = f"--data {cfg.data}"
+    elif cfg.target is not None:
+        source = f"--target {cfg.target}"
+    else:
+        source = f"--preset {cfg.preset}"
+    return (
+        f" The data scale sigma_data = {sigma_data:.3g} ({source}) is far from 1, which the noise schedules assume: "
+        f"rescale the data to unit scale (divide it by {sigma_data:.2g})."
+    )
 
 
 def _read_config(run_dir: pathlib.Path) -> TrainConfig:
@@ -66,6 +119,11 @@ def _read_config(run_dir: pathlib.Path) -> TrainConfig:
 
 def load_run(run_dir: pathlib.Path | str):
     """(config, problem, trainer, state) of a saved run, from its config and last checkpoint."""
+    return _load_run(run_dir)[:4]
+
+
+def _load_run(run_dir: pathlib.Path | str):
+    """(config, problem, trainer, state, history) of a saved run."""
     run_dir = pathlib.Path(run_dir)
     if not (run_dir / CONFIG).exists():
         raise ConfigError(f"{run_dir} is not a ctjax run directory (no {CONFIG}).")
@@ -76,14 +134,15 @@ def load_run(run_dir: pathlib.Path | str):
         problem = build_problem(cfg)
         trainer, model, _ = build_method(cfg, problem)
         state = trainer.init(model, key=jr.key(cfg.seed))
-    state, _ = load_checkpoint(run_dir, state)
-    return cfg, problem, trainer, state
+    state, _, history = load_checkpoint(run_dir, state)
+    return cfg, problem, trainer, state, history
 
 
 def train(cfg: TrainConfig) -> pathlib.Path:
-    """Train as configured; checkpoints every `checkpoint_every` steps and at the end, atomically.
-    With `resume`, the run continues from its checkpoint and ends bit-identical (on CPU) to an
-    uninterrupted run."""
+    """Train as configured; checkpoints every `checkpoint_every` steps and at the end, atomically
+    (state, metadata and history in one file). With `resume`, the run continues from its checkpoint
+    and ends bit-identical (on CPU) to an uninterrupted run; a run directory with a config but no
+    checkpoint yet (killed before its first one) is trained from step 0."""
     if cfg.resume is not None:
         run_dir = cfg.resume
         if not (run_dir / CONFIG).exists():
@@ -98,12 +157,10 @@ def train(cfg: TrainConfig) -> pathlib.Path:
                 "devices": cfg.devices,
             }
         )
-        # Temporary files of a write that was killed: the checkpoint they were to replace is intact.
-        for stale in run_dir.glob("*.tmp"):
-            stale.unlink(missing_ok=True)
     else:
         run_dir = cfg.out or _default_out(cfg)
-        if (run_dir / "checkpoint.json").exists():
+        _check_run_dir(run_dir, given=cfg.out is not None)
+        if checkpoint_path(run_dir) is not None:
             raise ConfigError(
                 f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out."
             )
@@ -118,23 +175,26 @@ def train(cfg: TrainConfig) -> pathlib.Path:
         mesh = build_mesh(cfg.devices, cfg.batch_size)
         state = trainer.init(model, key=jr.key(cfg.seed))
     history: dict[str, np.ndarray] = {}
+    if run_dir.exists():
+        _remove_temporaries(run_dir)
     if cfg.resume is not None:
-        state, meta = load_checkpoint(run_dir, state)
-        history = _load_history(run_dir, int(meta["step"]))
-        print(f"resuming {run_dir} at step {int(state.step)} of {total}")
+        if checkpoint_path(run_dir) is None:
+            print(f"no checkpoint in {run_dir} yet (stopped before its first one): training it from step 0")
+        else:
+            state, _, history = load_checkpoint(run_dir, state)
+            remove_superseded(run_dir)  # older files a killed removal left beside checkpoint.npz
+            print(f"resuming {run_dir} at step {int(state.step)} of {total}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / CONFIG, lambda f: f.write(json.dumps(to_json(cfg), indent=2).encode()))
+    _atomic_write(run_dir / CONFIG, json.dumps(to_json(cfg), indent=2).encode())
 
     saved_step = int(state.step)
     last = {"state": state}
-    chunks: list[dict[str, np.ndarray]] = [history] if history else []
+    segments: list[tuple[int, dict[str, np.ndarray]]] = [(saved_step, history)] if saved_step else []
+    sigma_data = cfg.model.sigma_data or problem.sigma_data
 
     def checkpoint(state):
-        merged = {k: np.concatenate([c[k] for c in chunks if k in c]) for k in chunks[0]} if chunks else {}
-        # History first: a resumed run cuts it to the checkpoint's step, so a kill between the two
-        # writes leaves it too long (harmless), never too short (lost steps).
-        _save_history(run_dir, merged)
-        save_checkpoint(run_dir, state, {"step": int(state.step), "total_steps": total, "time": time.time()})
+        meta = {"step": int(state.step), "total_steps": total, "time": time.time()}
+        save_checkpoint(run_dir, state, meta, _merge_history(segments))
 
     def callback(state, chunk_metrics):
         nonlocal saved_step
@@ -147,15 +207,16 @@ def train(cfg: TrainConfig) -> pathlib.Path:
                 first = int(np.argmax(bad))
                 step = int(state.step) - len(values) + first + 1
                 quantity = {"loss": "the loss", "grad_norm": "the gradient norm (grad_norm)"}.get(name, name)
-                if (run_dir / "checkpoint.json").exists():
-                    kept = f"The last good checkpoint, {run_dir / 'checkpoint.eqx'} at step {saved_step}, is kept"
+                kept_path = checkpoint_path(run_dir)
+                if kept_path is not None:
+                    kept = f"The last good checkpoint, {kept_path} at step {saved_step}, is kept"
                 else:
                     kept = f"No checkpoint had been written yet to {run_dir}"
                 raise TrainingDiverged(
                     f"training diverged at step {step}: {quantity} is {values[first]}. {kept}; "
-                    "lower --optim.lr or set --optim.grad-clip."
+                    f"lower --optim.lr or set --optim.grad-clip.{_scale_advice(cfg, sigma_data)}"
                 )
-        chunks.append(chunk_metrics)
+        segments.append((int(state.step) - int(last["state"].step), chunk_metrics))
         last["state"] = state
         if int(state.step) // cfg.checkpoint_every > saved_step // cfg.checkpoint_every or int(state.step) >= total:
             checkpoint(state)
@@ -183,7 +244,9 @@ def train(cfg: TrainConfig) -> pathlib.Path:
             f"\ninterrupted: checkpoint at step {int(last['state'].step)} in {run_dir}; continue with --resume {run_dir}"
         )
         raise
-    if int(last["state"].step) > saved_step or not (run_dir / "checkpoint.json").exists():
+    # Also when there is nothing left to train: a run without a checkpoint, or with one in the older
+    # three-file layout, gets its checkpoint.npz.
+    if int(last["state"].step) > saved_step or not (run_dir / CHECKPOINT).exists():
         checkpoint(last["state"])
     if cfg.evaluate:
         evaluate(EvalConfig(run=run_dir))
@@ -228,7 +291,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     errs = metrics.map_error(model, target, ts, num_points=cfg.map_error_points, key=jr.key(50_000))
     result["map_error"] = {f"{float(t):.4g}": float(e) for t, e in zip(ts, errs)}
     path = pathlib.Path(cfg.run) / EVAL
-    _atomic_write(path, lambda f: f.write(json.dumps(result, indent=2).encode()))
+    _atomic_write(path, json.dumps(result, indent=2).encode())
     floor = result["w1_floor"]
     print(f"evaluation of {cfg.run} at step {result['step']} ({n} points, mean of {reps}):")
     print(f"  W1 floor W1(data, data')  {floor:.4f}")
@@ -260,10 +323,9 @@ def plot(cfg: PlotConfig) -> list[pathlib.Path]:
     """Figures as PNG in RUN/figures."""
     from . import _plots as plots
 
-    train_cfg, problem, trainer, state = load_run(cfg.run)
+    train_cfg, problem, trainer, state, history = _load_run(cfg.run)
     out_dir = pathlib.Path(cfg.run) / "figures"
     out_dir.mkdir(exist_ok=True)
-    history = _load_history(pathlib.Path(cfg.run), int(state.step))
     eval_path = pathlib.Path(cfg.run) / EVAL
     evaluation = json.loads(eval_path.read_text()) if eval_path.exists() else None
     sd = train_cfg.model.sigma_data or problem.sigma_data

@@ -18,15 +18,18 @@ from ._consistency import ConsistencyTrainer
 from ._curricula import ConstantCurriculum
 from ._grids import FixedGrid
 from ._index_sampling import UniformIndex
+from ._pairing import AbstractPairing, CoupledNoise
 from ._teachers import StopGradientTeacher
 
 
-def _stage_pair(model: StagedConsistencyModel, batch: Array, key: PRNGKeyArray, k: Array):
-    r"""The coupled pair $(a_k X_0 + s_k Z,\ a_{k-1} X_0 + s_{k-1} Z)$ for 0-based stage index k >= 1."""
+def _stage_pair(pairing: AbstractPairing, model: StagedConsistencyModel, batch: Array, key: PRNGKeyArray, k: Array):
+    r"""The pair $(a_k X_0 + s_k Z,\ x_{k-1})$ for 0-based stage index k >= 1, with $x_{k-1}$ from
+    `pairing` (`CoupledNoise`: $a_{k-1} X_0 + s_{k-1} Z$, the same $Z$)."""
     sched, dtype = model.schedule, batch.dtype
     t_k, t_prev = model.times[k], model.times[k - 1]
     z = jr.normal(key, batch.shape, dtype)
-    x_k, x_prev = sched.interpolate(t_k, batch, z), sched.interpolate(t_prev, batch, z)
+    x_k = sched.interpolate(t_k, batch, z)
+    x_prev = jax.vmap(pairing.earlier, in_axes=(None, 0, 0, 0, None, None))(sched, batch, z, x_k, t_prev, t_k)
     return t_k, t_prev, x_k, x_prev
 
 
@@ -66,6 +69,8 @@ class StagedConsistencyTraining(AbstractTrainer):
     - `mode`: `"sequential"` (the paper) or `"simultaneous"`.
     - `steps_per_stage`: steps per stage (sequential), or steps of the whole run (simultaneous).
     - `distance`: $d$ of the stage loss (`SquaredL2()`, the paper's, by default).
+    - `pairing`: how stage $k-1$'s input is built: `CoupledNoise()`, the paper's coupled noise
+      (the default), or `ODEStep(velocity)`.
     """
 
     optimizer: optax.GradientTransformation = eqx.field(converter=check_optimizer)
@@ -74,9 +79,11 @@ class StagedConsistencyTraining(AbstractTrainer):
     )
     steps_per_stage: int = eqx.field(static=True, default=1000, converter=int_field("steps_per_stage", 1))
     distance: AbstractDistance = SquaredL2()
+    pairing: AbstractPairing = CoupledNoise()
 
     def __check_init__(self):
         check_instance(self.distance, AbstractDistance, "distance", "a distance such as SquaredL2()")
+        check_instance(self.pairing, AbstractPairing, "pairing", "CoupledNoise() or ODEStep(velocity)")
 
     def total_steps(self, model: StagedConsistencyModel) -> int:
         """Steps until the last stage is trained (sequential: (T - 1) x steps_per_stage)."""
@@ -99,7 +106,7 @@ class StagedConsistencyTraining(AbstractTrainer):
 
     def _sequential_loss(self, current, model: StagedConsistencyModel, batch, k, key):
         k_noise, k_drop = jr.split(key)
-        t_k, t_prev, x_k, x_prev = _stage_pair(model, batch, k_noise, k)
+        t_k, t_prev, x_k, x_prev = _stage_pair(self.pairing, model, batch, k_noise, k)
         net_k = eqx.combine(current, eqx.filter(model.stage_net(k), eqx.is_inexact_array, inverse=True))
         prev = jax.lax.stop_gradient(eqx.filter(model.stage_net(k - 1), eqx.is_inexact_array))
         net_prev = eqx.combine(prev, eqx.filter(model.stage_net(k - 1), eqx.is_inexact_array, inverse=True))
@@ -147,7 +154,7 @@ class StagedConsistencyTraining(AbstractTrainer):
 
         def one_stage(k, k_key):
             k_noise, k_drop = jr.split(k_key)
-            t_k, t_prev, x_k, x_prev = _stage_pair(model, batch, k_noise, k)
+            t_k, t_prev, x_k, x_prev = _stage_pair(self.pairing, model, batch, k_noise, k)
             drop = jr.split(k_drop, batch.shape[0])
             student = jax.vmap(lambda x, kk: model.stage(k, x, key=kk))(x_k, drop)
             frozen = eqx.combine(
