@@ -6,7 +6,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
-from ._misc import check_value
+from ._misc import non_negative_field, optional
 
 
 class AbstractDistance(eqx.Module):
@@ -17,12 +17,15 @@ class AbstractDistance(eqx.Module):
         """The distance for a residual of shape `(dim,)`."""
 
 
-def _safe_norm(r: Array) -> Array:
-    sq = jnp.sum(r**2)
-    # The gradient of the norm at 0 is undefined; define it as 0 instead of NaN. (A NaN residual
-    # must stay NaN: `sq == 0` is False for it, where `sq > 0` would have hidden it as 0.)
+def _safe_sqrt(sq: Array) -> Array:
+    # The gradient of the square root at 0 is undefined; define it as 0 instead of NaN. (A NaN
+    # argument must stay NaN: `sq == 0` is False for it, where `sq > 0` would have hidden it as 0.)
     zero = sq == 0
     return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
+
+
+def _safe_norm(r: Array) -> Array:
+    return _safe_sqrt(jnp.sum(r**2))
 
 
 class SquaredL2(AbstractDistance):
@@ -39,26 +42,24 @@ class L2(AbstractDistance):
         return _safe_norm(jnp.asarray(residual))
 
 
-def _check_c(c):
-    if c is None:
-        return None
-    return check_value(c, lambda v: (v > 0) & jnp.isfinite(v), "PseudoHuber needs c > 0 (or None for 0.00054 sqrt(d))")
-
-
 class PseudoHuber(AbstractDistance):
     r"""iCT's pseudo-Huber metric on the vector norm, $d(r) = \sqrt{\|r\|_2^2 + c^2} - c$.
 
     It is rotation invariant, $\approx \|r\|^2/(2c)$ for small residuals and $\approx \|r\|$ for
-    large ones. `c=None` uses iCT's $c = 0.00054 \sqrt{d}$ for data dimension $d$.
+    large ones. `c=None` uses iCT's $c = 0.00054 \sqrt{d}$ for data dimension $d$; $c = 0$ is the
+    $\ell_2$ norm (`L2`), with gradient 0 rather than NaN at $r = 0$ (also for a traced $c$).
     """
 
-    c: float | None = eqx.field(default=None, converter=_check_c)
+    c: float | None = eqx.field(
+        default=None,
+        converter=optional(non_negative_field("c", "PseudoHuber needs c >= 0 (or None for 0.00054 sqrt(d))")),
+    )
 
     def __call__(self, residual: ArrayLike) -> Array:
         r = jnp.asarray(residual)
         c = 0.00054 * jnp.sqrt(r.shape[-1]) if self.c is None else self.c
         c = jnp.asarray(c, dtype=r.dtype)
-        return jnp.sqrt(jnp.sum(r**2) + c**2) - c
+        return _safe_sqrt(jnp.sum(r**2) + c**2) - c
 
 
 class AbstractWeighting(eqx.Module):

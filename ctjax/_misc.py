@@ -1,9 +1,10 @@
 """Small internal helpers: input validation and dtype handling.
 
-Checks of values follow one rule: a concrete value that fails raises a `ValueError` (or
-`TypeError`) at once; a traced one (under `jit`, `vmap`, `grad`) is checked when the program
-runs, by `eqx.error_if` with the same message, and the checked value replaces the unchecked one
-so that the check is part of the computation.
+Checks of values follow one rule: where the outcome is known now (concrete values), a failure
+raises a `ValueError` (or `TypeError`) at once; where it is traced (under `jit`, `vmap`, `grad`),
+the check runs when the program runs, by `eqx.error_if` with the same message, and the checked
+value replaces the unchecked one so that the check is part of the computation. Shapes, types and
+static fields are always concrete.
 """
 
 import logging
@@ -64,34 +65,37 @@ def _show(value: Any) -> str:
 def check_value(value: _T, ok: Callable[[Any], Any], message: str, *, show: bool = True) -> _T:
     """`value`, checked: `ok(value)` (elementwise booleans; NaN must give False) must hold everywhere.
 
-    A concrete failure raises `ValueError(message + ", got <value>.")` (without the value when
-    `show` is False); a traced value comes back wrapped in `eqx.error_if(..., message + ".")`.
+    Where the outcome is known now, a failure raises `ValueError(message + ", got <value>.")`
+    (without the value when `show` is False). Where it is traced (a traced `value`, or a concrete
+    one checked against traced bounds), `value` comes back wrapped in `eqx.error_if(..., message + ".")`.
     """
-    if is_concrete(value):
-        # Evaluated now, also while an enclosing function is being traced.
-        with jax.ensure_compile_time_eval():
-            passed = bool(np.all(ok(np.asarray(value))))
-        if not passed:
+    concrete = is_concrete(value)
+    # Evaluated now where possible, also while an enclosing function is being traced.
+    with jax.ensure_compile_time_eval():
+        passed = jnp.all(ok(np.asarray(value) if concrete else jnp.asarray(value)))
+    if is_concrete(passed):
+        if not bool(passed):
             raise ValueError(f"{message}, got {_show(value)}." if show else f"{message}.")
         return value
-    return runtime_check(value, ~jnp.all(ok(jnp.asarray(value))), f"{message}.")
+    return runtime_check(value, ~passed, f"{message}.")
 
 
 def check_values(names: Sequence[str], values: tuple, ok: Callable[..., Any], message: str) -> tuple[Any, ...]:
     """`values`, checked together: `ok(*values)` must hold everywhere.
 
-    Concrete values that fail raise `ValueError(message + ", got name=value, ...")`; where any is
-    traced, the values come back wrapped in `eqx.error_if(..., message + ".")`.
+    Where the outcome is known now, a failure raises `ValueError(message + ", got name=value, ...")`;
+    where it is traced, the values come back wrapped in `eqx.error_if(..., message + ".")`.
     """
     values = tuple(values)
-    if is_concrete(values):
-        with jax.ensure_compile_time_eval():
-            passed = bool(np.all(ok(*(np.asarray(v) for v in values))))
-        if not passed:
+    concrete = is_concrete(values)
+    with jax.ensure_compile_time_eval():
+        passed = jnp.all(ok(*(np.asarray(v) if concrete else jnp.asarray(v) for v in values)))
+    if is_concrete(passed):
+        if not bool(passed):
             got = ", ".join(f"{name}={_show(v)}" for name, v in zip(names, values))
             raise ValueError(f"{message}, got {got}.")
         return values
-    return runtime_check(values, ~jnp.all(ok(*(jnp.asarray(v) for v in values))), f"{message}.")
+    return runtime_check(values, ~passed, f"{message}.")
 
 
 def check_fields(module: eqx.Module, names: Sequence[str], ok: Callable[..., Any], message: str) -> None:
@@ -149,18 +153,36 @@ def choice_field(name: str, choices: Sequence[str]) -> Callable[[Any], str]:
     return convert
 
 
-def positive_field(name: str) -> Callable[[_T], _T]:
+def positive_field(name: str, message: str | None = None) -> Callable[[_T], _T]:
     """A converter for a hyperparameter that must be positive (and finite), traced or not."""
-    return lambda value: check_value(
-        value, lambda v: (v > 0) & jnp.isfinite(v), f"`{name}` must be positive and finite"
-    )
+    message = f"`{name}` must be positive and finite" if message is None else message
+    return lambda value: check_value(value, lambda v: (v > 0) & jnp.isfinite(v), message)
 
 
-def non_negative_field(name: str) -> Callable[[_T], _T]:
+def non_negative_field(name: str, message: str | None = None) -> Callable[[_T], _T]:
     """A converter for a hyperparameter that must be non-negative (and finite), traced or not."""
-    return lambda value: check_value(
-        value, lambda v: (v >= 0) & jnp.isfinite(v), f"`{name}` must be non-negative and finite"
-    )
+    message = f"`{name}` must be non-negative and finite" if message is None else message
+    return lambda value: check_value(value, lambda v: (v >= 0) & jnp.isfinite(v), message)
+
+
+def optional(converter: Callable[[Any], _T]) -> Callable[[Any], _T | None]:
+    """`converter`, except that None stays None (an optional field)."""
+    return lambda value: None if value is None else converter(value)
+
+
+def static_positive_float(name: str) -> Callable[[Any], float]:
+    """A converter for a static field that must be a positive finite Python float."""
+
+    def convert(value: Any) -> float:
+        try:
+            value = float(value)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"`{name}` must be a number, got {type(value).__name__}.") from err
+        if not (value > 0 and np.isfinite(value)):
+            raise ValueError(f"`{name}` must be positive and finite, got {value}.")
+        return value
+
+    return convert
 
 
 def finite_field(name: str) -> Callable[[_T], _T]:
@@ -176,8 +198,8 @@ def check_ema_rate(ema_rate: _T) -> _T:
 
 
 def check_p_std(p_std: _T) -> _T:
-    """`p_std`, which must be positive (traced or not); a converter."""
-    return check_value(p_std, lambda s: (s > 0) & jnp.isfinite(s), "`p_std` must be positive")
+    """`p_std`, the spread of a log-normal time proposal, which must be positive (traced or not); a converter."""
+    return positive_field("p_std")(p_std)
 
 
 def check_optimizer(optimizer: Any) -> optax.GradientTransformation:
@@ -230,8 +252,8 @@ def check_time(schedule, t: Any, name: str, *, traced: bool = True) -> jax.Array
     """Check that `t` is a scalar inside [t_min, t_max] of `schedule`.
 
     Concrete values raise a ValueError at once; traced values are checked at run time with
-    `eqx.error_if`, whose result must be used (it is returned), unless `traced` is False (for hot
-    paths whose traced times are in range by construction).
+    `eqx.error_if` (the same message), whose result must be used (it is returned), unless `traced`
+    is False (the staged models' own stage times, which are in range by construction).
     """
     t = as_float_array(t, name)
     if t.ndim != 0:
@@ -242,18 +264,16 @@ def check_time(schedule, t: Any, name: str, *, traced: bool = True) -> jax.Array
     lo = jnp.asarray(schedule.t_min, dtype=t.dtype)
     hi = jnp.asarray(schedule.t_max, dtype=t.dtype)
     msg = (
-        f"`{name}` must lie in [t_min, t_max] of {type(schedule).__name__}"
+        f"`{name}` must be a finite time in [t_min, t_max] of {type(schedule).__name__}"
         f"{_range_text(schedule)}; clip it to the schedule's range"
     )
     if is_concrete((t, lo, hi)):
-        if not bool(np.isfinite(np.asarray(t))):
-            raise ValueError(f"`{name}` must be finite, got {float(t)}.")
-        if bool(t < lo) or bool(t > hi):
-            raise ValueError(msg.replace("must lie", f"= {float(t)} must lie") + ".")
+        if not (bool(jnp.isfinite(t)) and bool(lo <= t) and bool(t <= hi)):
+            raise ValueError(f"{msg}, got {float(t)}.")
         return t
     if not traced:
         return t
-    return runtime_check(t, (t < lo) | (t > hi) | ~jnp.isfinite(t), msg + " (or it is NaN).")
+    return runtime_check(t, ~((lo <= t) & (t <= hi)), f"{msg}.")
 
 
 def _range_text(schedule) -> str:

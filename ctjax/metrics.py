@@ -16,7 +16,7 @@ import numpy as np
 import ot
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._misc import as_float_array, check_finite
+from ._misc import as_float_array, check_finite, validate_int
 
 
 def _as_cloud(x: ArrayLike, name: str) -> np.ndarray:
@@ -100,8 +100,7 @@ def sliced_wasserstein1(
     y = _cloud(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"`x` and `y` must have the same dimension, got {x.shape[1]} and {y.shape[1]}.")
-    if isinstance(num_projections, bool) or not isinstance(num_projections, int) or num_projections < 1:
-        raise ValueError(f"`num_projections` must be a positive int, got {num_projections!r}.")
+    num_projections = validate_int(num_projections, "num_projections", 1)
     dtype = _common_float(x, y)
     return _sliced_w1(x.astype(dtype), y.astype(dtype), key, num_projections)
 

@@ -337,6 +337,12 @@ def test_legacy_run_loads_for_eval_sample_and_plot(recorded, tmp_path, monkeypat
     run.plot(run.PlotConfig(run=legacy))
     assert sorted(shown) == sorted(reference[2])
     assert all(np.array_equal(shown[k], reference[2][k]) for k in shown)
+    # sample draws from the legacy state: the same samples as from the new-format run.
+    new_run = tmp_path / "new"
+    _restore(next(d for _, d, done, _ in snapshots.taken if done == 20 and d and "checkpoint.npz" in dict(d)), new_run)
+    for source in (legacy, new_run):
+        run.sample(run.SampleConfig(run=source, num=5, steps=2, out=source / "samples.npy"))
+    assert np.array_equal(np.load(legacy / "samples.npy"), np.load(new_run / "samples.npy"))
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])

@@ -27,11 +27,12 @@ def _cli_error(argv, capsys) -> str:
 @pytest.fixture
 def float32():
     """Training in float32, as on the command line without --x64 (the test process runs in float64)."""
+    before = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", False)
     try:
         yield
     finally:
-        jax.config.update("jax_enable_x64", True)
+        jax.config.update("jax_enable_x64", before)
 
 
 @pytest.fixture
@@ -90,6 +91,7 @@ def test_zero_variance_data(tmp_path, capsys):
     line = _cli_error(_train("--data", str(path), out=tmp_path / "run"), capsys)
     assert line.startswith(f"ctjax: error: --data {path}: the points have zero variance")
     assert "pass points that vary" in line and "--model.sigma-data" not in line
+    assert not (tmp_path / "run").exists()
 
 
 def _cloud(tmp_path, scale, offset=0.0):
@@ -109,6 +111,7 @@ def test_data_too_large_for_float32(tmp_path, capsys, float32):
     )
     assert line.endswith(f"rescale the data (e.g. divide it by {magnitude:.1g}) or pass --x64 to train in float64.")
     assert "--optim.lr" not in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_data_scale_limit_in_float32(tmp_path, float32):
@@ -129,6 +132,7 @@ def test_data_too_large_even_for_float64(tmp_path, capsys):
     line = _cli_error(_train("--data", str(path), out=tmp_path / "run"), capsys)
     assert f"--data {path}: the data's largest magnitude is" in line and "too large for float64 training" in line
     assert "--x64" not in line and "rescale the data" in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_data_too_small_for_float32(tmp_path, capsys, float32):
@@ -139,6 +143,7 @@ def test_data_too_small_for_float32(tmp_path, capsys, float32):
         f"ctjax: error: --data {path}: the data's scale sigma_data is {sigma:.3g}: too small for float32 training"
     )
     assert line.endswith(f"(e.g. multiply it by {1 / sigma:.1g}) or pass --x64 to train in float64.")
+    assert not (tmp_path / "run").exists()
 
 
 def test_target_too_large_for_float32(tmp_path, capsys, float32):
@@ -150,11 +155,13 @@ def test_target_too_large_for_float32(tmp_path, capsys, float32):
         f"ctjax: error: --target {path}: the data's largest magnitude is 1e+30 (sigma_data 7.07e+29)"
     )
     assert "too large for float32 training" in line and "or pass --x64" in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_sigma_data_too_large_for_float32(tmp_path, capsys, float32):
     line = _cli_error(_train("--model.sigma-data", "1e30", out=tmp_path / "run"), capsys)
     assert line.startswith("ctjax: error: --model.sigma-data 1e+30: float32 training needs a data scale between")
+    assert not (tmp_path / "run").exists()
 
 
 def test_zero_steps(tmp_path, capsys, monkeypatch):

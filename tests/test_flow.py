@@ -230,11 +230,11 @@ def test_float32():
 
 def test_bad_inputs():
     target, schedule = mixture_2d(), ctjax.VarianceExploding()
-    with pytest.raises(ValueError, match="`t_from` = 100.0 must lie in \\[t_min, t_max\\]"):
+    with pytest.raises(ValueError, match="`t_from` must be a finite time in \\[t_min, t_max\\].*, got 100.0"):
         ctjax.flow_map(target, schedule, XS[0], 100.0, 1.0)
     with pytest.raises(ValueError, match="`t_to`"):
         ctjax.flow_map(target, schedule, XS[0], 1.0, 0.0)
-    with pytest.raises(ValueError, match="`t` .*must lie"):
+    with pytest.raises(ValueError, match="`t` must be a finite time in"):
         ctjax.denoiser(target, schedule, -1.0, XS[0])
     with pytest.raises(ValueError, match="shape \\(2,\\).*jax.vmap"):
         ctjax.flow_map(target, schedule, XS, 1.0, 0.5)
@@ -250,5 +250,5 @@ def test_bad_inputs():
         ctjax.flow_map(schedule, schedule, XS[0], 1.0, 0.5)
     # Inside jit the time is only known at run time: a clear runtime error, not a NaN.
     traced = eqx.filter_jit(lambda t: ctjax.flow_map(target, schedule, XS[0], t, 1.0))
-    with pytest.raises(eqx.EquinoxRuntimeError, match="`t_from` must lie in \\[t_min, t_max\\]"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="`t_from` must be a finite time in \\[t_min, t_max\\]"):
         traced(jnp.asarray(100.0))

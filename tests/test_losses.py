@@ -41,7 +41,7 @@ def test_pseudo_huber_is_on_the_norm(getkey):
     assert_close(ph(small), jnp.sum(small**2) / (2 * c), rtol=1e-5)
     assert_close(ph(r), np.sqrt(np.sum(np.asarray(r) ** 2) + c**2) - c, rtol=1e-12)
     assert float(ctjax.PseudoHuber(0.1)(jnp.zeros(d))) == 0.0
-    with pytest.raises(ValueError, match="c > 0"):
+    with pytest.raises(ValueError, match="c >= 0"):
         ctjax.PseudoHuber(-1.0)
 
 

@@ -82,7 +82,7 @@ CASES = {
         "`points` contains NaN or infinite values",
     ),
     "EDMScalings": (lambda sd: ctjax.EDMScalings(sd), (-0.5,), (0.5,), "`sigma_data` must be positive"),
-    "PseudoHuber": (lambda c: ctjax.PseudoHuber(c), (0.0,), (0.1,), "PseudoHuber needs c > 0"),
+    "PseudoHuber": (lambda c: ctjax.PseudoHuber(c), (-0.1,), (0.0,), "PseudoHuber needs c >= 0"),
     "EMATeacher": (lambda mu: training.EMATeacher(mu), (1.0,), (0.95,), "EMATeacher needs 0 <= mu < 1"),
     "KarrasGrid": (
         lambda lo, hi: training.KarrasGrid(lo, hi),
@@ -115,7 +115,40 @@ CASES = {
         (1.2,),
         "`p_std` must be positive",
     ),
-    "ConsistencyFunction time": (lambda t: MODEL(t, jnp.ones(2)), (100.0,), (1.0,), "`t` .*must lie in"),
+    "AdaptiveEMATeacher": (
+        lambda mu: training.AdaptiveEMATeacher(mu),
+        (1.0,),
+        (0.9,),
+        "AdaptiveEMATeacher needs 0 < mu0 < 1",
+    ),
+    "DiscreteLogNormal": (lambda s: training.DiscreteLogNormal(0.0, s), (-1.0,), (2.0,), "`p_std` must be positive"),
+    "TrigFlowScalings": (lambda sd: ctjax.TrigFlowScalings(sd), (0.0,), (0.5,), "`sigma_data` must be positive"),
+    "LearnedVelocity": (
+        lambda sd: training.LearnedVelocity(MODEL.net, sd),
+        (-1.0,),
+        (0.5,),
+        "`sigma_data` must be positive",
+    ),
+    "ECTTrainer k and huber_c": (
+        lambda k, c: training.ECTTrainer(ADAM, 10, k=k, huber_c=c),
+        (-1.0, 0.0),
+        (8.0, 0.0),
+        "`k` must be non-negative",
+    ),
+    "TrigFlow sigma_data of schedule and scalings": (
+        lambda sd: training.FlowMatchingTrainer(ADAM).init(
+            ctjax.ConsistencyFunction(MODEL.net, ctjax.TrigFlow(0.5), ctjax.TrigFlowScalings(sd)), key=jr.key(0)
+        ),
+        (0.7,),
+        (0.5,),
+        "The TrigFlow schedule's sigma_data and TrigFlowScalings' sigma_data must be equal",
+    ),
+    "ConsistencyFunction time": (
+        lambda t: MODEL(t, jnp.ones(2)),
+        (100.0,),
+        (1.0,),
+        r"`t` must be a finite time in \[t_min, t_max\] of VarianceExploding = \[0.002, 80\]",
+    ),
     "sample times": (
         lambda t: ctjax.sample(MODEL, 3, times=jnp.stack([t, jnp.asarray(1.0, jnp.result_type(t))]), key=jr.key(0)),
         (100.0,),
@@ -166,7 +199,7 @@ def test_flow_map_time_out_of_range_under_jit(caplog):
     target = ctjax.Gaussian(jnp.zeros(2), jnp.eye(2))
     schedule = ctjax.VarianceExploding(0.002, 80.0)
     fn = lambda t: ctjax.flow_map(target, schedule, jnp.ones(2), t, 0.1)
-    message = r"`t_from` must lie in \[t_min, t_max\] of VarianceExploding = \[0.002, 80\]; clip it"
+    message = r"`t_from` must be a finite time in \[t_min, t_max\] of VarianceExploding = \[0.002, 80\]; clip it"
     with pytest.raises(eqx.EquinoxRuntimeError, match=message):
         jax.block_until_ready(eqx.filter_jit(fn)(jnp.asarray(100.0)))
     caplog.clear()
@@ -175,3 +208,28 @@ def test_flow_map_time_out_of_range_under_jit(caplog):
     assert isinstance(info.value, jax.errors.JaxRuntimeError)
     assert not [r for r in caplog.records if "pure_callback failed" in r.getMessage()]
     assert np.isfinite(np.asarray(jax.jit(fn)(jnp.asarray(50.0)))).all()
+
+
+def test_concrete_hyperparameters_stay_python_numbers():
+    """The converters return concrete values unchanged: Python floats stay Python floats, which
+    `eqx.filter_jit` treats as constants (an array would be a new traced argument)."""
+    trainer = training.ECTTrainer(ADAM, 10, q=3.0, huber_c=0.1)
+    assert type(trainer.q) is float and type(trainer.huber_c) is float and type(trainer.ema_rate) is float
+    assert type(training.sct(ADAM).normalisation_const) is float
+    assert type(ctjax.VarianceExploding(0.002, 80.0).sigma_min) is float
+    assert type(ctjax.TrigFlow(0.5).sigma_data) is float
+
+
+def test_trainers_built_inside_a_vmap_over_a_hyperparameter_train():
+    """A sweep over ECT's pseudo-Huber constant, c = 0 (the l2 norm) included, as one vmapped
+    program: each loss equals the one of the trainer built with that constant concretely."""
+    batch = jr.normal(jr.key(3), (16, 2))
+    cs = jnp.asarray([0.0, 0.1])
+
+    def loss(c):
+        return training.ECTTrainer(ADAM, 10, huber_c=c).loss(MODEL, None, None, batch, jnp.asarray(0), jr.key(4))[0]
+
+    swept = eqx.filter_jit(eqx.filter_vmap(loss))(cs)
+    single = [float(eqx.filter_jit(lambda: loss(float(c)))()) for c in cs]
+    np.testing.assert_allclose(np.asarray(swept), single, rtol=1e-6)
+    assert np.all(np.isfinite(np.asarray(swept))) and single[0] != single[1]

@@ -66,9 +66,28 @@ def test_ema_updates_move_the_averages_towards_the_new_parameters(method, getkey
 
 
 def test_train_state_advances_by_keyword():
-    state = training.TrainState(model=1, opt_state=2, step=jnp.asarray(3, jnp.int32), key=jr.key(0), extra=4)
+    state = training.TrainState(
+        model=1, opt_state=2, step=jnp.asarray(3, jnp.int32), key=jr.key(0), teacher=6, ema=7, extra=4
+    )
     new = state.advanced(model=5)
-    assert int(new.step) == 4 and new.model == 5 and new.opt_state == 2 and new.extra == 4 and new.ema is None
+    assert int(new.step) == 4 and new.model == 5 and new.opt_state == 2
+    assert new.teacher == 6 and new.ema == 7 and new.extra == 4 and new.key is state.key
+    with pytest.raises(TypeError):
+        state.advanced(step=jnp.asarray(0))  # the step only moves on
+
+
+def test_initial_state_optimises_the_extra_state_with_the_model(getkey):
+    """sCT's adaptive weighting is trained by the same optimiser as the model; without an EMA the
+    result is the model itself."""
+    trainer = training.sct(optax.adam(1e-3), ema_rate=None)
+    model = _trigflow_model(getkey())
+    state = trainer.init(model, key=getkey())
+    num_model = len(_params(model))
+    num_extra = len(jax.tree_util.tree_leaves(eqx.filter(state.extra, eqx.is_inexact_array)))
+    # Adam keeps two moments per optimised array.
+    moments = [x for x in jax.tree_util.tree_leaves(state.opt_state) if eqx.is_inexact_array(x)]
+    assert num_extra > 0 and len(moments) == 2 * (num_model + num_extra)
+    assert state.ema is None and trainer.result(state) is state.model
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ class AbstractConsistencyModel(eqx.Module):
     (dropout) and is shared by student and teacher evaluations. `key=None` is deterministic.
     """
 
-    schedule: eqx.AbstractVar[AbstractSchedule]
-
     if TYPE_CHECKING:  # an AbstractVar would be a constructor argument to type checkers
+        schedule: ClassVar[AbstractSchedule]
         dim: ClassVar[int]
     else:
+        schedule: eqx.AbstractVar[AbstractSchedule]
         dim: eqx.AbstractVar[int]
         """Dimension of the data."""
 

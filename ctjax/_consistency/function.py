@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
-from .._misc import as_float_array, check_time
+from .._misc import as_float_array, check_instance, check_time
 from .._nets import AbstractNetwork
 from .._schedules import AbstractSchedule, TrigFlow
 from .base import AbstractConsistencyModel
@@ -34,6 +34,10 @@ def apply_scalings(
     return jnp.where(t <= schedule.t_min, x, out)
 
 
+def _default_scalings(scalings: AbstractScalings | None) -> AbstractScalings:
+    return EDMScalings() if scalings is None else scalings
+
+
 class ConsistencyFunction(AbstractConsistencyModel):
     r"""$f_\theta(t, x) = c_{skip}(t) x + c_{out}(t) F_\theta(c_{in}(t) x, c_{noise}(t))$, with
     $f_\theta(t_{min}, x) = x$ exactly for any parameters.
@@ -47,20 +51,14 @@ class ConsistencyFunction(AbstractConsistencyModel):
 
     net: AbstractNetwork
     schedule: AbstractSchedule
-    scalings: AbstractScalings
+    scalings: AbstractScalings = eqx.field(default=None, converter=_default_scalings)
 
-    def __init__(self, net: AbstractNetwork, schedule: AbstractSchedule, scalings: AbstractScalings | None = None):
-        if not isinstance(schedule, AbstractSchedule):
-            raise TypeError(f"`schedule` must be a ctjax schedule, got {type(schedule).__name__}.")
-        if scalings is None:
-            scalings = EDMScalings()
-        if not isinstance(scalings, AbstractScalings):
-            raise TypeError(f"`scalings` must be EDMScalings or TrigFlowScalings, got {type(scalings).__name__}.")
-        if isinstance(scalings, TrigFlowScalings) and not isinstance(schedule, TrigFlow):
+    def __check_init__(self):
+        check_instance(self.net, AbstractNetwork, "net", "a ctjax network (an AbstractNetwork such as MLP)")
+        check_instance(self.schedule, AbstractSchedule, "schedule", "a ctjax schedule")
+        check_instance(self.scalings, AbstractScalings, "scalings", "EDMScalings or TrigFlowScalings")
+        if isinstance(self.scalings, TrigFlowScalings) and not isinstance(self.schedule, TrigFlow):
             raise TypeError("TrigFlowScalings needs a TrigFlow schedule; use EDMScalings for other schedules.")
-        self.net = net
-        self.schedule = schedule
-        self.scalings = scalings
 
     @property
     def dim(self) -> int:

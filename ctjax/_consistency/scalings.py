@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from .._custom_types import RealScalarLike
-from .._misc import finite_field, positive_field
+from .._misc import finite_field, positive_field, static_positive_float
 from .._schedules import AbstractSchedule, TrigFlow
 
 
@@ -39,7 +39,7 @@ class EDMScalings(AbstractScalings):
     """
 
     sigma_data: RealScalarLike = eqx.field(default=0.5, converter=positive_field("sigma_data"))
-    log_noise_clip: float = eqx.field(static=True, default=30.0, converter=positive_field("log_noise_clip"))
+    log_noise_clip: float = eqx.field(static=True, default=30.0, converter=static_positive_float("log_noise_clip"))
 
     def __call__(self, schedule: AbstractSchedule, t: ArrayLike) -> tuple[Array, Array, Array, Array]:
         t = jnp.asarray(t)

@@ -2,15 +2,17 @@
 
 import abc
 import math
+from typing import ClassVar, TYPE_CHECKING
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import DTypeLike
-from .._misc import as_float_array, validate_int
+from .._misc import as_float_array, static_positive_float, validate_int
 from .base import promote_dtypes
 
 
@@ -26,15 +28,9 @@ def _embedding_input(s: ArrayLike, name: str = "s") -> Array:
 
 
 def _check_num_features(num_features: int) -> int:
-    try:
-        ok = not isinstance(num_features, bool) and int(num_features) == num_features and int(num_features) >= 2
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or int(num_features) % 2:
-        raise ValueError(
-            f"`num_features` must be an even integer >= 2 (half cosines, half sines), got {num_features!r}."
-        )
-    return int(num_features)
+    if isinstance(num_features, int | np.integer) and not isinstance(num_features, bool) and num_features % 2 == 0:
+        return validate_int(num_features, "num_features", minimum=2)
+    raise ValueError(f"`num_features` must be an even integer >= 2 (half cosines, half sines), got {num_features!r}.")
 
 
 class AbstractEmbedding(eqx.Module):
@@ -43,7 +39,10 @@ class AbstractEmbedding(eqx.Module):
     Computed in `jnp.promote_types(s.dtype, float32)`: at least float32 even for bf16/f16 inputs.
     """
 
-    num_features: eqx.AbstractVar[int]
+    if TYPE_CHECKING:  # an AbstractVar would be a constructor argument to type checkers
+        num_features: ClassVar[int]
+    else:
+        num_features: eqx.AbstractVar[int]
 
     @abc.abstractmethod
     def __call__(self, s: ArrayLike) -> Float[Array, " num_features"]:
@@ -68,23 +67,9 @@ class FourierEmbedding(AbstractEmbedding):
     EDM and consistency models use `scale=16`; iCT uses `scale=0.02` on $c_{noise} = 1000 \cdot \tfrac14 \log n$.
     """
 
-    num_features: int = eqx.field(static=True)
-    scale: float = eqx.field(static=True)
-    seed: int = eqx.field(static=True)
-
-    def __init__(self, num_features: int, scale: float = 16.0, seed: int = 0):
-        """**Arguments:**
-
-        - `num_features`: output size, even (half cosines, half sines).
-        - `scale`: standard deviation of the frequencies.
-        - `seed`: the integer seed of the frequencies.
-        """
-        self.num_features = _check_num_features(num_features)
-        scale = float(scale)
-        if not (scale > 0.0 and math.isfinite(scale)):
-            raise ValueError(f"`scale` must be a positive finite number, got {scale}.")
-        self.scale = scale
-        self.seed = validate_int(seed, "seed", minimum=None)
+    num_features: int = eqx.field(static=True, converter=_check_num_features)
+    scale: float = eqx.field(static=True, default=16.0, converter=static_positive_float("scale"))
+    seed: int = eqx.field(static=True, default=0, converter=lambda seed: validate_int(seed, "seed", minimum=None))
 
     def frequencies(self, dtype: DTypeLike = jnp.float32) -> Float[Array, " half"]:
         """The frequencies $f$, shape `(num_features // 2,)`, in `dtype`; concrete even under `jax.jit`."""
@@ -105,20 +90,8 @@ class SinusoidalEmbedding(AbstractEmbedding):
     $P$ = `max_period`: from 1 down to (nearly) $1/P$.
     """
 
-    num_features: int = eqx.field(static=True)
-    max_period: float = eqx.field(static=True)
-
-    def __init__(self, num_features: int, max_period: float = 10000.0):
-        r"""**Arguments:**
-
-        - `num_features`: output size, even (half cosines, half sines).
-        - `max_period`: $P$, the longest period is about $2\pi P$.
-        """
-        self.num_features = _check_num_features(num_features)
-        max_period = float(max_period)
-        if not (max_period > 0.0 and math.isfinite(max_period)):
-            raise ValueError(f"`max_period` must be a positive finite number, got {max_period}.")
-        self.max_period = max_period
+    num_features: int = eqx.field(static=True, converter=_check_num_features)
+    max_period: float = eqx.field(static=True, default=10000.0, converter=static_positive_float("max_period"))
 
     def __call__(self, s: ArrayLike) -> Float[Array, " num_features"]:
         s = _embedding_input(s)
@@ -126,3 +99,17 @@ class SinusoidalEmbedding(AbstractEmbedding):
         freqs = jnp.exp((-math.log(self.max_period) / half) * jnp.arange(half, dtype=s.dtype))
         arg = freqs * s
         return jnp.concatenate([jnp.cos(arg), jnp.sin(arg)])
+
+
+FourierEmbedding.__init__.__doc__ = """**Arguments:**
+
+- `num_features`: output size, even (half cosines, half sines).
+- `scale`: standard deviation of the frequencies.
+- `seed`: the integer seed of the frequencies.
+"""
+
+SinusoidalEmbedding.__init__.__doc__ = r"""**Arguments:**
+
+- `num_features`: output size, even (half cosines, half sines).
+- `max_period`: $P$, the longest period is about $2\pi P$.
+"""

@@ -131,6 +131,8 @@ class AbstractSchedule(eqx.Module):
         return times
 
     def __check_init__(self):
+        # For a schedule with a fixed range (a user's, say); the built-in ones whose range comes from
+        # their fields check those fields, traced or not, in their own `__check_init__`.
         if is_concrete((self.t_min, self.t_max)) and not float(self.t_min) < float(self.t_max):
             raise ValueError(
                 f"{type(self).__name__}: need t_min < t_max, got [{float(self.t_min)}, {float(self.t_max)}]."

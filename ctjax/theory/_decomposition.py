@@ -20,7 +20,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._consistency import StagedConsistencyModel
 from .._flow import flow_map, gaussian_flow_map
-from .._misc import check_point
+from .._misc import check_point, check_value, validate_int
 from .._targets import AbstractTarget, Gaussian
 from ..metrics import wasserstein1
 
@@ -100,12 +100,6 @@ def _check_model_target(model, target) -> None:
         raise ValueError(f"`model` has dimension {model.dim} but `target` has dimension {target.dim}; they must match.")
 
 
-def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
-
-
 def stage_error_terms(
     model: StagedConsistencyModel,
     target: AbstractTarget,
@@ -132,11 +126,14 @@ def stage_error_terms(
     Per example: jit- and vmap-able in `x`, `stage` and `key`.
     """
     _check_model_target(model, target)
-    num_posterior = _check_count(num_posterior, "num_posterior")
+    num_posterior = validate_int(num_posterior, "num_posterior", 1)
     x = check_point(x, model.dim)
+    stage = check_value(
+        stage,
+        lambda k: (k >= 2) & (k <= model.num_stages),
+        f"`stage` must be in [2, {model.num_stages}] (stage 1 is the identity)",
+    )
     index = jnp.asarray(stage) - 1
-    if isinstance(stage, (int, np.integer)) and not 2 <= int(stage) <= model.num_stages:
-        raise ValueError(f"`stage` must be in [2, {model.num_stages}] (stage 1 is the identity), got {stage}.")
     return _terms(model, target, index, x, key, num_posterior, float(rtol), float(atol))
 
 
@@ -314,8 +311,8 @@ def staged_error_decomposition(
     **Returns:** an `ErrorDecomposition`.
     """
     _check_model_target(model, target)
-    num_points = _check_count(num_points, "num_points")
-    num_posterior = _check_count(num_posterior, "num_posterior")
+    num_points = validate_int(num_points, "num_points", 1)
+    num_posterior = validate_int(num_posterior, "num_posterior", 1)
     T = model.num_stages
     if stages is None:
         chosen = list(range(2, T + 1))

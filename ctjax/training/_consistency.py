@@ -73,7 +73,8 @@ class ConsistencyTrainer(AbstractEMATrainer):
 
     def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
         check_instance(model, AbstractConsistencyModel, "model", "a ctjax consistency model")
-        uses_ema_teacher = not isinstance(self.teacher, StopGradientTeacher)
+        # A stored teacher exactly where the step updates one (any teacher whose `decay` is a rate).
+        uses_ema_teacher = self.teacher_decay(jnp.zeros((), jnp.int32)) is not None
         return self.initial_state(model, key=key, teacher=model if uses_ema_teacher else None)
 
     def teacher_decay(self, step: Int[Array, ""]) -> Array | None:

@@ -14,7 +14,7 @@ $-2 E[e^w/D\, g^\top \nabla_\theta F_\theta]$, the continuous-time limit of cons
 """
 
 import dataclasses
-from typing import Any, cast
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -38,6 +38,7 @@ from .._misc import (
 from .._nets.base import param_dtype
 from ._adaptive_weighting import AdaptiveWeighting
 from ._base import AbstractEMATrainer, TrainState
+from ._pairing import check_velocity
 from ._trigflow import (
     adaptive_weighted_loss,
     check_trigflow_model,
@@ -46,15 +47,8 @@ from ._trigflow import (
     NORMALISATIONS,
     normalise_tangent,
     trigflow_draw,
-    trigflow_sigma_data,
     trigflow_tangent,
 )
-
-
-def _check_velocity(velocity: Any) -> Velocity | None:
-    if velocity is not None and not callable(velocity):
-        raise TypeError(f"`velocity` must be None (sCT) or a callable (t, x) -> dx/dt, got {type(velocity).__name__}.")
-    return cast(Velocity, velocity)
 
 
 class Tangents(eqx.Module):
@@ -124,7 +118,9 @@ class ContinuousConsistencyTrainer(AbstractEMATrainer):
     """
 
     optimizer: optax.GradientTransformation = eqx.field(converter=check_optimizer)
-    velocity: Velocity | None = eqx.field(default=None, converter=_check_velocity)
+    velocity: Velocity | None = eqx.field(
+        default=None, converter=lambda v: check_velocity(v, allow_none=True, none_means="sCT")
+    )
     _: dataclasses.KW_ONLY
     warmup_steps: int = eqx.field(static=True, default=10_000, converter=int_field("warmup_steps", 0))
     tangent_normalisation: str = eqx.field(
@@ -156,7 +152,7 @@ class ContinuousConsistencyTrainer(AbstractEMATrainer):
     def init(self, model: AbstractConsistencyModel, *, key: PRNGKeyArray) -> TrainState:
         model = check_trigflow_model(model)
         if self.velocity is not None:
-            check_trigflow_velocity(self.velocity, trigflow_sigma_data(model))
+            model = check_trigflow_velocity(self.velocity, model)
         k_run, k_weighting = jr.split(key)
         return self.initial_state(model, key=k_run, extra=self.init_weighting(model, key=k_weighting))
 

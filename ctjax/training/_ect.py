@@ -94,7 +94,11 @@ class ECTTrainer(AbstractEMATrainer):
     _: dataclasses.KW_ONLY
     q: float = eqx.field(
         default=2.0,
-        converter=lambda q: check_value(q, lambda v: v > 1, "`q` must be > 1 (the gap t - r shrinks by 1/q per stage)"),
+        converter=lambda q: check_value(
+            q,
+            lambda v: (v > 1) & jnp.isfinite(v),
+            "`q` must be > 1 and finite (the gap t - r shrinks by 1/q per stage)",
+        ),
     )
     k: float = eqx.field(default=8.0, converter=non_negative_field("k"))
     b: float = eqx.field(default=1.0, converter=finite_field("b"))
@@ -112,7 +116,7 @@ class ECTTrainer(AbstractEMATrainer):
     def distance(self) -> AbstractDistance:
         r"""The pseudo-Huber norm with constant `huber_c` ($\ell_2$ with a safe gradient for $c = 0$)."""
         if is_concrete(self.huber_c) and float(self.huber_c) == 0.0:
-            return L2()
+            return L2()  # the same numbers as PseudoHuber(0.0), one operation fewer
         return PseudoHuber(self.huber_c)
 
     def stage(self, step: ArrayLike) -> Array:

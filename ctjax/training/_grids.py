@@ -1,33 +1,14 @@
 """Time grids of a discretisation with a traced number of points."""
 
 import abc
-import math
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from .._custom_types import RealScalarLike
-from .._misc import as_float_array, check_fields, check_value
+from .._misc import as_float_array, check_fields, check_value, optional, positive_field, static_positive_float
 from .._schedules import AbstractSchedule, karras_noise_levels
-
-
-def _optional_noise_level(name: str):
-    def convert(value):
-        if value is None:
-            return None
-        return check_value(
-            value, lambda n: (n > 0) & jnp.isfinite(n), f"`{name}` must be a positive finite noise level"
-        )
-
-    return convert
-
-
-def _positive_float(value, name: str) -> float:
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"`{name}` must be positive and finite, got {value}.")
-    return value
 
 
 def _check_grid_times(times: ArrayLike) -> Array:
@@ -55,9 +36,9 @@ class KarrasGrid(AbstractGrid):
     `t_max` (then $t_0 = t_{min}$ and $t_{N-1} = t_{max}$ exactly); pass `noise_max` where the
     schedule's noise level at `t_max` is infinite."""
 
-    noise_min: RealScalarLike | None = eqx.field(default=None, converter=_optional_noise_level("noise_min"))
-    noise_max: RealScalarLike | None = eqx.field(default=None, converter=_optional_noise_level("noise_max"))
-    rho: float = eqx.field(static=True, default=7.0, converter=lambda rho: _positive_float(rho, "rho"))
+    noise_min: RealScalarLike | None = eqx.field(default=None, converter=optional(positive_field("noise_min")))
+    noise_max: RealScalarLike | None = eqx.field(default=None, converter=optional(positive_field("noise_max")))
+    rho: float = eqx.field(static=True, default=7.0, converter=static_positive_float("rho"))
 
     def __check_init__(self):
         if self.noise_min is not None and self.noise_max is not None:

@@ -15,11 +15,16 @@ from .._schedules import AbstractSchedule
 from .._targets import AbstractTarget
 
 
-def _check_velocity(velocity: Any) -> Velocity:
+def check_velocity(velocity: Any, *, allow_none: bool = False, none_means: str = "") -> Velocity:
+    """`velocity`, or a TypeError unless it is a per-example callable `(t, x) -> dx/dt` (or None, where
+    `allow_none`; `none_means` says what None stands for)."""
+    if velocity is None and allow_none:
+        return velocity  # pyright: ignore[reportReturnType]
     if not callable(velocity):
+        alternative = f"None ({none_means}) or " if allow_none else ""
         raise TypeError(
-            f"`velocity` must be a per-example callable (t, x) -> dx/dt such as ExactVelocity(target, schedule), "
-            f"got {type(velocity).__name__}."
+            f"`velocity` must be {alternative}a per-example callable (t, x) -> dx/dt such as "
+            f"ExactVelocity(target, schedule), got {type(velocity).__name__}."
         )
     return cast(Velocity, velocity)
 
@@ -60,7 +65,7 @@ class ODEStep(AbstractPairing):
     trapezoidal correction). `velocity` is any per-example callable `(t, x) -> dx/dt`, e.g.
     `ExactVelocity(target, schedule)` or a learned flow-matching model."""
 
-    velocity: Velocity = eqx.field(converter=_check_velocity)
+    velocity: Velocity = eqx.field(converter=check_velocity)
     method: str = eqx.field(static=True, default="heun", converter=choice_field("method", ("euler", "heun")))
 
     def earlier(self, schedule: AbstractSchedule, x0: Array, z: Array, x_hi: Array, t_lo: Array, t_hi: Array) -> Array:

@@ -14,9 +14,10 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from .._consistency import ConsistencyFunction, TrigFlowScalings
 from .._custom_types import RealScalarLike
-from .._misc import is_concrete, runtime_check
+from .._misc import check_values, is_concrete, runtime_check
 from .._schedules import AbstractSchedule, TrigFlow
 from ._base import stop_gradient_model
+from ._pairing import check_velocity
 from ._time_sampling import lognormal_times
 
 
@@ -51,12 +52,12 @@ def trigflow_sigma_data(model: ConsistencyFunction) -> RealScalarLike:
     return cast(TrigFlowScalings, model.scalings).sigma_data
 
 
-def check_trigflow_velocity(velocity: Any, sigma_data: RealScalarLike) -> None:
-    r"""Raise a ValueError where a teacher velocity visibly belongs to another interpolant: an
+def check_trigflow_velocity(velocity: Any, model: ConsistencyFunction) -> ConsistencyFunction:
+    r"""`model`, checked against a teacher velocity that visibly belongs to another interpolant: an
     `ExactVelocity` on a schedule other than `TrigFlow(sigma_data)`, or a `LearnedVelocity` with
-    another $\sigma_d$ (its times would mean other noise levels)."""
-    if not callable(velocity):
-        raise TypeError(f"`velocity` must be a callable (t, x) -> dx/dt, got {type(velocity).__name__}.")
+    another $\sigma_d$ (its times would mean other noise levels). A ValueError at once, or where the
+    $\sigma_d$ are traced, a run-time error carried by the returned model's $\sigma_d$."""
+    check_velocity(velocity)
     schedule = getattr(velocity, "schedule", None)
     if isinstance(schedule, AbstractSchedule):
         if not isinstance(schedule, TrigFlow):
@@ -66,11 +67,17 @@ def check_trigflow_velocity(velocity: Any, sigma_data: RealScalarLike) -> None:
         other = schedule.sigma_data
     else:
         other = getattr(velocity, "sigma_data", None)
-    if other is not None and is_concrete((other, sigma_data)) and float(other) != float(sigma_data):
-        raise ValueError(
-            f"The teacher velocity uses sigma_data={float(other)} but the model uses {float(sigma_data)}: "
-            "TrigFlow times would mean different noise levels."
-        )
+    if other is None:
+        return model
+    sigma_data = trigflow_sigma_data(model)
+    (_, checked) = check_values(
+        ("the teacher velocity's sigma_data", "the model's sigma_data"),
+        (other, sigma_data),
+        lambda a, b: a == b,
+        "The teacher velocity and the model must use the same sigma_data: TrigFlow times would mean different "
+        "noise levels",
+    )
+    return model if checked is sigma_data else eqx.tree_at(lambda m: m.scalings.sigma_data, model, checked)
 
 
 def trigflow_draw(
