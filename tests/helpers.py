@@ -78,3 +78,17 @@ class CountingNet(ctjax.AbstractNetwork):
     def __call__(self, x, c_noise, *, key=None):
         self.counter.append(None)
         return self.net(x, c_noise, key=key)
+
+
+def cli_error(argv, capsys) -> str:
+    """Run the command line on `argv`; it must fail with one `ctjax: error:` line and status 2 (returned)."""
+    from ctjax.experiments import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("ctjax: error: "), err
+    return lines[0]

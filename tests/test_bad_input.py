@@ -15,8 +15,10 @@ import optax
 import pytest
 
 import ctjax
-from ctjax.experiments import _checkpoint as checkpoint, _cli as cli
+from ctjax.experiments import _checkpoint as checkpoint
 from ctjax.training import fit, ict
+
+from .helpers import cli_error as _cli_error
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +28,6 @@ def problem():
     model = ctjax.ConsistencyFunction(ctjax.MLP(2, width=8, depth=1, key=jr.key(0)), schedule)
     trainer = ict(optax.adam(1e-3), 10)
     return target, schedule, model, trainer, trainer.init(model, key=jr.key(1))
-
-
-def _cli_error(argv, capsys) -> str:
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("ctjax: error:"), err
-    return lines[0]
 
 
 # x of the wrong shape or dtype

@@ -9,19 +9,10 @@ import pytest
 from ctjax.experiments import _cli as cli, _run as run, _setup as setup
 from ctjax.experiments._config import TrainConfig
 
+from .helpers import cli_error as _cli_error
+
 
 TINY = ["--model.width", "16", "--model.depth", "1", "--batch-size", "32", "--no-progress", "--no-evaluate"]
-
-
-def _cli_error(argv, capsys) -> str:
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("ctjax: error: "), err
-    return lines[0]
 
 
 @pytest.fixture
