@@ -138,22 +138,20 @@ class _CleanPoint(training.AbstractPairing):
 
 
 def test_staged_trainer_builds_the_teacher_point_with_its_pairing(getkey):
+    """With a pairing that hands the teacher the data point itself, stage 2's loss is the plain
+    denoising loss (f_1 is the identity), not the coupled-noise loss of the default pairing."""
     schedule = ctjax.DiscreteVP.li_huang_wei(16, 2.0, 4.0)
     model = ctjax.StagedConsistencyModel.init(
         lambda k: ctjax.MLP(2, width=8, depth=1, key=k), schedule, scalings=ctjax.EDMScalings(1.0), key=getkey()
     )
     batch, key = gaussian_2d().sample(getkey(), 64), getkey()
-    losses = {}
-    for name, pairing in [("coupled", training.CoupledNoise()), ("clean", _CleanPoint())]:
-        trainer = training.StagedConsistencyTraining(optax.sgd(0.0), "sequential", 10, pairing=pairing)
-        state = trainer.init(model, key=getkey())
-        losses[name] = float(eqx.filter_jit(trainer.step)(state, batch, key=key)[1]["loss"])
+    trainer = training.StagedConsistencyTraining(optax.sgd(0.0), "sequential", 10, pairing=_CleanPoint())
+    loss = float(eqx.filter_jit(trainer.step)(trainer.init(model, key=getkey()), batch, key=key)[1]["loss"])
     # The same draw as the trainer's: stage k = 2 at t_2 against f_1(x) = x at t_1.
     k_noise, _ = jr.split(key)
     z = jr.normal(k_noise, batch.shape, batch.dtype)
     t2, t1 = model.times[1], model.times[0]
     f2 = jax.vmap(lambda x: model.stage(1, x))(schedule.interpolate(t2, batch, z))
-    np.testing.assert_allclose(losses["clean"], np.mean(np.sum((f2 - batch) ** 2, -1)), rtol=1e-10)
+    np.testing.assert_allclose(loss, np.mean(np.sum((f2 - batch) ** 2, -1)), rtol=1e-10)
     coupled = np.mean(np.sum((f2 - schedule.interpolate(t1, batch, z)) ** 2, -1))
-    np.testing.assert_allclose(losses["coupled"], coupled, rtol=1e-10)
-    assert abs(losses["clean"] - losses["coupled"]) > 1e-6
+    assert abs(loss - coupled) > 1e-6 * coupled
