@@ -62,6 +62,21 @@ def _show(value: Any) -> str:
     return str(array.tolist()) if array.size <= 8 else f"an array of shape {array.shape}"
 
 
+def finite(x: Any) -> Any:
+    """Elementwise "is finite" that stays in NumPy for NumPy input and in JAX for JAX input (NaN and
+    infinities are not below infinity), so that checks of concrete values dispatch no JAX kernels."""
+    return abs(x) < np.inf
+
+
+def diff(x: Any) -> Any:
+    """`x[1:] - x[:-1]` for NumPy and JAX arrays alike."""
+    return x[1:] - x[:-1]
+
+
+def _passed(result: Any) -> bool:
+    return bool(np.all(np.asarray(result)))
+
+
 def check_value(value: _T, ok: Callable[[Any], Any], message: str, *, show: bool = True) -> _T:
     """`value`, checked: `ok(value)` (elementwise booleans; NaN must give False) must hold everywhere.
 
@@ -70,14 +85,14 @@ def check_value(value: _T, ok: Callable[[Any], Any], message: str, *, show: bool
     one checked against traced bounds), `value` comes back wrapped in `eqx.error_if(..., message + ".")`.
     """
     concrete = is_concrete(value)
-    # Evaluated now where possible, also while an enclosing function is being traced.
+    # Evaluated now where possible (in NumPy for concrete values), also inside a traced function.
     with jax.ensure_compile_time_eval():
-        passed = jnp.all(ok(np.asarray(value) if concrete else jnp.asarray(value)))
-    if is_concrete(passed):
-        if not bool(passed):
+        result = ok(np.asarray(value) if concrete else jnp.asarray(value))
+    if is_concrete(result):
+        if not _passed(result):
             raise ValueError(f"{message}, got {_show(value)}." if show else f"{message}.")
         return value
-    return runtime_check(value, ~passed, f"{message}.")
+    return runtime_check(value, ~jnp.all(result), f"{message}.")
 
 
 def check_values(names: Sequence[str], values: tuple, ok: Callable[..., Any], message: str) -> tuple[Any, ...]:
@@ -89,13 +104,13 @@ def check_values(names: Sequence[str], values: tuple, ok: Callable[..., Any], me
     values = tuple(values)
     concrete = is_concrete(values)
     with jax.ensure_compile_time_eval():
-        passed = jnp.all(ok(*(np.asarray(v) if concrete else jnp.asarray(v) for v in values)))
-    if is_concrete(passed):
-        if not bool(passed):
+        result = ok(*(np.asarray(v) if concrete else jnp.asarray(v) for v in values))
+    if is_concrete(result):
+        if not _passed(result):
             got = ", ".join(f"{name}={_show(v)}" for name, v in zip(names, values))
             raise ValueError(f"{message}, got {got}.")
         return values
-    return runtime_check(values, ~passed, f"{message}.")
+    return runtime_check(values, ~jnp.all(result), f"{message}.")
 
 
 def check_fields(module: eqx.Module, names: Sequence[str], ok: Callable[..., Any], message: str) -> None:
@@ -156,13 +171,13 @@ def choice_field(name: str, choices: Sequence[str]) -> Callable[[Any], str]:
 def positive_field(name: str, message: str | None = None) -> Callable[[_T], _T]:
     """A converter for a hyperparameter that must be positive (and finite), traced or not."""
     message = f"`{name}` must be positive and finite" if message is None else message
-    return lambda value: check_value(value, lambda v: (v > 0) & jnp.isfinite(v), message)
+    return lambda value: check_value(value, lambda v: (v > 0) & finite(v), message)
 
 
 def non_negative_field(name: str, message: str | None = None) -> Callable[[_T], _T]:
     """A converter for a hyperparameter that must be non-negative (and finite), traced or not."""
     message = f"`{name}` must be non-negative and finite" if message is None else message
-    return lambda value: check_value(value, lambda v: (v >= 0) & jnp.isfinite(v), message)
+    return lambda value: check_value(value, lambda v: (v >= 0) & finite(v), message)
 
 
 def optional(converter: Callable[[Any], _T]) -> Callable[[Any], _T | None]:
@@ -187,7 +202,7 @@ def static_positive_float(name: str) -> Callable[[Any], float]:
 
 def finite_field(name: str) -> Callable[[_T], _T]:
     """A converter for a hyperparameter that must be a finite number, traced or not."""
-    return lambda value: check_value(value, jnp.isfinite, f"`{name}` must be a finite number")
+    return lambda value: check_value(value, finite, f"`{name}` must be a finite number")
 
 
 def check_ema_rate(ema_rate: _T) -> _T:
@@ -237,7 +252,7 @@ def as_float_array(x: Any, name: str, dtype: Any = None) -> jax.Array:
 
 def check_finite(x: jax.Array, name: str) -> jax.Array:
     """`x`, which must hold no NaN or infinity: checked at once when concrete, at run time when traced."""
-    return check_value(x, jnp.isfinite, f"`{name}` contains NaN or infinite values; pass finite numbers", show=False)
+    return check_value(x, finite, f"`{name}` contains NaN or infinite values; pass finite numbers", show=False)
 
 
 def check_shape(x: jax.Array, shape: tuple, name: str, hint: str = "") -> None:

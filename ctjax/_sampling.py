@@ -8,7 +8,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._consistency import AbstractConsistencyModel
 from ._custom_types import DTypeLike
-from ._misc import as_float_array, check_value, is_concrete
+from ._misc import as_float_array, check_value, diff, is_concrete
 
 
 def _check_times(model: AbstractConsistencyModel, times: ArrayLike | None) -> Array:
@@ -25,7 +25,7 @@ def _check_times(model: AbstractConsistencyModel, times: ArrayLike | None) -> Ar
     times = check_value(
         times, lambda t: (t > schedule.t_min) & (t <= schedule.t_max), f"`times` must lie in (t_min, t_max]{where}"
     )
-    return check_value(times, lambda t: jnp.diff(t) < 0, "`times` must be strictly decreasing (noise to data)")
+    return check_value(times, lambda t: diff(t) < 0, "`times` must be strictly decreasing (noise to data)")
 
 
 @eqx.filter_jit

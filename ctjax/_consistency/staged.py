@@ -8,7 +8,7 @@ import jax.random as jr
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
-from .._misc import as_float_array, check_value
+from .._misc import as_float_array, check_value, diff
 from .._nets import AbstractNetwork
 from .._schedules import AbstractSchedule, DiscreteVP
 from .base import AbstractConsistencyModel
@@ -25,7 +25,7 @@ def stage_times_of(schedule: AbstractSchedule, times: ArrayLike | None) -> Array
     times = as_float_array(times, "times")
     if times.ndim != 1 or times.shape[0] < 2:
         raise ValueError(f"`times` must be a 1-D grid of at least 2 stages, got shape {times.shape}.")
-    times = check_value(times, lambda t: jnp.diff(t) > 0, "`times` must be strictly increasing", show=False)
+    times = check_value(times, lambda t: diff(t) > 0, "`times` must be strictly increasing", show=False)
     return check_value(
         times,
         lambda t: (t[0] == schedule.t_min) & (t[-1] <= schedule.t_max),

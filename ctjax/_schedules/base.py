@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import DTypeLike, RealScalarLike
-from .._misc import check_value, check_values, is_concrete
+from .._misc import check_value, check_values, finite, is_concrete
 
 
 def vp_coefficients(log_noise: ArrayLike) -> tuple[Array, Array]:
@@ -29,7 +29,7 @@ def karras_noise_levels(noise_min: RealScalarLike, noise_max: RealScalarLike, nu
     noise_min, noise_max = check_values(
         ("noise_min", "noise_max"),
         (noise_min, noise_max),
-        lambda lo, hi: (lo >= 0) & (lo < hi) & jnp.isfinite(hi),
+        lambda lo, hi: (lo >= 0) & (lo < hi) & finite(hi),
         "Need 0 <= noise_min < noise_max < inf",
     )
     frac = jnp.linspace(0.0, 1.0, int(num))
@@ -116,7 +116,7 @@ class AbstractSchedule(eqx.Module):
         if noise_max is None:
             noise_max = check_value(
                 self.noise(self.t_max),
-                jnp.isfinite,
+                finite,
                 f"{type(self).__name__} has infinite noise level at t_max; pass a finite `noise_max`",
                 show=False,
             )

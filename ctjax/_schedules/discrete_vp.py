@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._misc import as_float_array, check_value, choice_field
+from .._misc import as_float_array, check_value, choice_field, diff, finite
 from .base import AbstractSchedule, vp_coefficients
 
 
@@ -20,7 +20,7 @@ def _check_log_alpha_bar(log_alpha_bar: ArrayLike) -> Array:
         )
     return check_value(
         log_alpha_bar,
-        lambda lab: jnp.all(jnp.isfinite(lab)) & jnp.all(lab < 0) & jnp.all(jnp.diff(lab) < 0),
+        lambda lab: finite(lab).all() & (lab < 0).all() & (diff(lab) < 0).all(),
         "`log_alpha_bar` must be finite, negative and strictly decreasing (every beta_k in (0, 1))",
         show=False,
     )

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from .._custom_types import RealScalarLike
-from .._misc import check_fields
+from .._misc import check_fields, finite
 from .base import AbstractSchedule
 
 
@@ -21,7 +21,7 @@ class VarianceExploding(AbstractSchedule):
         check_fields(
             self,
             ("sigma_min", "sigma_max"),
-            lambda lo, hi: (lo >= 0) & (lo < hi) & jnp.isfinite(hi),
+            lambda lo, hi: (lo >= 0) & (lo < hi) & finite(hi),
             "VarianceExploding needs 0 <= sigma_min < sigma_max < inf",
         )
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from .._custom_types import RealScalarLike
-from .._misc import check_fields
+from .._misc import check_fields, finite
 from .base import AbstractSchedule
 
 
@@ -23,13 +23,13 @@ class VariancePreserving(AbstractSchedule):
         check_fields(
             self,
             ("beta_min", "beta_max"),
-            lambda lo, hi: (lo >= 0) & (lo <= hi) & (hi > 0) & jnp.isfinite(hi),
+            lambda lo, hi: (lo >= 0) & (lo <= hi) & (hi > 0) & finite(hi),
             "VariancePreserving needs 0 <= beta_min <= beta_max < inf with beta_max > 0",
         )
         check_fields(
             self,
             ("t_start", "t_end"),
-            lambda lo, hi: (lo >= 0) & (lo < hi) & jnp.isfinite(hi),
+            lambda lo, hi: (lo >= 0) & (lo < hi) & finite(hi),
             "VariancePreserving needs 0 <= t_start < t_end < inf",
         )
 

@@ -6,7 +6,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._misc import as_float_array, check_finite, check_value
+from .._misc import as_float_array, check_finite, check_value, finite
 from .base import AbstractTarget, cast_like
 
 
@@ -44,7 +44,7 @@ class Empirical(AbstractTarget):
                 raise ValueError(f"`weights` must have shape ({num},), one per point; got {tuple(weights.shape)}.")
             weights = check_value(
                 weights,
-                lambda w: jnp.all(jnp.isfinite(w) & (w >= 0)) & (jnp.abs(jnp.sum(w) - 1.0) <= 1e-5),
+                lambda w: (finite(w) & (w >= 0)).all() & (abs(w.sum() - 1.0) <= 1e-5),
                 "`weights` must be finite, non-negative and sum to 1",
                 show=False,
             )

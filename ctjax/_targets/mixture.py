@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._misc import as_float_array, check_finite, check_shape, check_value
+from .._misc import as_float_array, check_finite, check_shape, check_value, finite
 from . import _mixture_math as mm
 from .base import AbstractTarget, cast_like
 
@@ -38,11 +38,11 @@ class GaussianMixture(AbstractTarget):
         if weights.shape[0] == 0:
             raise ValueError("`weights` must have at least one component.")
         weights = check_value(
-            weights, lambda w: jnp.isfinite(w) & (w >= 0), "`weights` must be finite and non-negative", show=False
+            weights, lambda w: finite(w) & (w >= 0), "`weights` must be finite and non-negative", show=False
         )
         weights = check_value(
             weights,
-            lambda w: jnp.abs(jnp.sum(w) - 1.0) <= 1e-5,
+            lambda w: abs(w.sum() - 1.0) <= 1e-5,
             "`weights` must sum to 1; pass weights / weights.sum()",
             show=False,
         )

@@ -7,7 +7,7 @@ import numpy as np
 import scipy.special
 from jaxtyping import Array, ArrayLike
 
-from .._misc import as_float_array, check_value
+from .._misc import as_float_array, check_value, finite
 from .._targets import Gaussian
 from ._gaussian_oracle import host_eigh, host_grid
 
@@ -16,7 +16,7 @@ def _check_positive(x: Array, name: str, minimum: float = 0.0, strict: bool = Tr
     rel = ">" if strict else ">="
     return check_value(
         x,
-        lambda v: jnp.isfinite(v) & ((v > minimum) if strict else (v >= minimum)),
+        lambda v: finite(v) & ((v > minimum) if strict else (v >= minimum)),
         f"`{name}` must be finite and {rel} {minimum:g}",
     )
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._misc import as_float_array, check_point, check_value, check_values, is_concrete
+from .._misc import as_float_array, check_point, check_value, check_values, diff, finite, is_concrete
 from .._schedules import AbstractSchedule, DiscreteVP
 from .._targets import Gaussian
 
@@ -44,7 +44,7 @@ def stage_grid(schedule: AbstractSchedule, times: ArrayLike | None = None) -> tu
         raise ValueError(f"`times` must be a 1-D array of at least 2 stage times, got shape {tuple(times.shape)}.")
     times = check_value(
         times,
-        lambda t: jnp.all(jnp.isfinite(t)) & jnp.all(jnp.diff(t) > 0),
+        lambda t: finite(t).all() & (diff(t) > 0).all(),
         "`times` must be finite and strictly increasing (stage 1 is the data end)",
         show=False,
     )
@@ -77,13 +77,13 @@ def _check_grid_values(alphas: Any, sigmas: Any) -> tuple[Any, ...]:
     alphas, sigmas = check_values(
         ("alphas", "sigmas"),
         (alphas, sigmas),
-        lambda a, s: jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(s)),
+        lambda a, s: finite(a).all() & finite(s).all(),
         "`alphas` and `sigmas` must be finite",
     )
     return check_values(
         ("alphas", "sigmas"),
         (alphas, sigmas),
-        lambda a, s: jnp.all(a >= 0) & jnp.all(s >= 0) & jnp.all(s[1:] > 0),
+        lambda a, s: (a >= 0).all() & (s >= 0).all() & (s[1:] > 0).all(),
         "Need alphas >= 0, sigmas >= 0 and sigmas > 0 from stage 2 on (the stage minimiser divides by "
         "sigma_k); only stage 1 may sit at zero noise",
     )

@@ -28,6 +28,7 @@ from .._misc import (
     check_optimizer,
     check_p_std,
     check_value,
+    finite,
     finite_field,
     int_field,
     is_concrete,
@@ -96,7 +97,7 @@ class ECTTrainer(AbstractEMATrainer):
         default=2.0,
         converter=lambda q: check_value(
             q,
-            lambda v: (v > 1) & jnp.isfinite(v),
+            lambda v: (v > 1) & finite(v),
             "`q` must be > 1 and finite (the gap t - r shrinks by 1/q per stage)",
         ),
     )

@@ -7,7 +7,16 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from .._custom_types import RealScalarLike
-from .._misc import as_float_array, check_fields, check_value, optional, positive_field, static_positive_float
+from .._misc import (
+    as_float_array,
+    check_fields,
+    check_value,
+    diff,
+    finite,
+    optional,
+    positive_field,
+    static_positive_float,
+)
 from .._schedules import AbstractSchedule, karras_noise_levels
 
 
@@ -15,7 +24,7 @@ def _check_grid_times(times: ArrayLike) -> Array:
     times = as_float_array(times, "times")
     if times.ndim != 1 or times.shape[0] < 2:
         raise ValueError(f"`times` must be a 1-D grid of at least 2 points, got shape {tuple(times.shape)}.")
-    return check_value(times, lambda t: jnp.diff(t) > 0, "`times` must be strictly increasing", show=False)
+    return check_value(times, lambda t: diff(t) > 0, "`times` must be strictly increasing", show=False)
 
 
 class AbstractGrid(eqx.Module):
@@ -51,7 +60,7 @@ class KarrasGrid(AbstractGrid):
         if self.noise_max is None:
             hi = check_value(
                 schedule.noise(schedule.t_max),
-                jnp.isfinite,
+                finite,
                 f"{type(schedule).__name__} has infinite noise at t_max: give KarrasGrid a finite `noise_max`",
                 show=False,
             )
