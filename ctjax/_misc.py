@@ -140,7 +140,7 @@ def validate_int(value: Any, name: str, minimum: int | None = 1) -> int:
     return int(value)
 
 
-def int_field(name: str, minimum: int = 1) -> Callable[[Any], int]:
+def int_field(name: str, minimum: int | None = 1) -> Callable[[Any], int]:
     """A converter for an integer field: `validate_int(value, name, minimum)`."""
     return lambda value: validate_int(value, name, minimum)
 

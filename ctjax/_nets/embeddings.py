@@ -12,7 +12,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._custom_types import DTypeLike
-from .._misc import as_float_array, static_positive_float, validate_int
+from .._misc import as_float_array, int_field, static_positive_float, validate_int
 from .base import promote_dtypes
 
 
@@ -69,7 +69,7 @@ class FourierEmbedding(AbstractEmbedding):
 
     num_features: int = eqx.field(static=True, converter=_check_num_features)
     scale: float = eqx.field(static=True, default=16.0, converter=static_positive_float("scale"))
-    seed: int = eqx.field(static=True, default=0, converter=lambda seed: validate_int(seed, "seed", minimum=None))
+    seed: int = eqx.field(static=True, default=0, converter=int_field("seed", minimum=None))
 
     def frequencies(self, dtype: DTypeLike = jnp.float32) -> Float[Array, " half"]:
         """The frequencies $f$, shape `(num_features // 2,)`, in `dtype`; concrete even under `jax.jit`."""

@@ -12,7 +12,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Int
 
-from .._misc import validate_int
+from .._misc import int_field
 
 
 class AbstractCurriculum(eqx.Module):
@@ -32,7 +32,7 @@ class AbstractCurriculum(eqx.Module):
 class ConstantCurriculum(AbstractCurriculum):
     """$N(k) = N$ (consistency distillation; staged training on a fixed grid)."""
 
-    num: int = eqx.field(static=True, converter=lambda n: validate_int(n, "num", 2))
+    num: int = eqx.field(static=True, converter=int_field("num", 2))
 
     @property
     def max_scales(self) -> int:
@@ -52,9 +52,9 @@ class SqrtCurriculum(AbstractCurriculum):
     $N(k) = \lceil \sqrt{\tfrac{k}{K}((s_1 + 1)^2 - s_0^2) + s_0^2} - 1 \rceil + 1$:
     $N(0) = s_0$, $N(K) = s_1 + 1$, non-decreasing."""
 
-    s0: int = eqx.field(static=True, default=2, converter=lambda n: validate_int(n, "s0", 2))
-    s1: int = eqx.field(static=True, default=150, converter=lambda n: validate_int(n, "s1", 2))
-    total_steps: int = eqx.field(static=True, default=800_000, converter=lambda n: validate_int(n, "total_steps", 1))
+    s0: int = eqx.field(static=True, default=2, converter=int_field("s0", 2))
+    s1: int = eqx.field(static=True, default=150, converter=int_field("s1", 2))
+    total_steps: int = eqx.field(static=True, default=800_000, converter=int_field("total_steps", 1))
 
     def __check_init__(self):
         _check_range("SqrtCurriculum", self.s0, self.s1)
@@ -73,9 +73,9 @@ class DoublingCurriculum(AbstractCurriculum):
     r"""iCT's exponential curriculum, $N(k) = \min(s_0 2^{\lfloor k/K' \rfloor}, s_1) + 1$ with
     $K' = \lfloor K / (\log_2 \lfloor s_1/s_0 \rfloor + 1) \rfloor$: 11, 21, 41, ..., 1281 by default."""
 
-    s0: int = eqx.field(static=True, default=10, converter=lambda n: validate_int(n, "s0", 1))
-    s1: int = eqx.field(static=True, default=1280, converter=lambda n: validate_int(n, "s1", 1))
-    total_steps: int = eqx.field(static=True, default=400_000, converter=lambda n: validate_int(n, "total_steps", 1))
+    s0: int = eqx.field(static=True, default=10, converter=int_field("s0", 1))
+    s1: int = eqx.field(static=True, default=1280, converter=int_field("s1", 1))
+    total_steps: int = eqx.field(static=True, default=400_000, converter=int_field("total_steps", 1))
 
     def __check_init__(self):
         _check_range("DoublingCurriculum", self.s0, self.s1)

@@ -21,7 +21,7 @@ from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
 from .._consistency import AbstractConsistencyModel
 from .._custom_types import Batch
-from .._losses import AbstractDistance, L2, PseudoHuber
+from .._losses import AbstractDistance, PseudoHuber
 from .._misc import (
     check_ema_rate,
     check_instance,
@@ -31,7 +31,6 @@ from .._misc import (
     finite,
     finite_field,
     int_field,
-    is_concrete,
     non_negative_field,
     validate_int,
 )
@@ -116,8 +115,6 @@ class ECTTrainer(AbstractEMATrainer):
     @property
     def distance(self) -> AbstractDistance:
         r"""The pseudo-Huber norm with constant `huber_c` ($\ell_2$ with a safe gradient for $c = 0$)."""
-        if is_concrete(self.huber_c) and float(self.huber_c) == 0.0:
-            return L2()  # the same numbers as PseudoHuber(0.0), one operation fewer
         return PseudoHuber(self.huber_c)
 
     def stage(self, step: ArrayLike) -> Array:

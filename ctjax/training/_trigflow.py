@@ -14,7 +14,7 @@ from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from .._consistency import ConsistencyFunction, TrigFlowScalings
 from .._custom_types import RealScalarLike
-from .._misc import check_values, is_concrete, runtime_check
+from .._misc import check_values
 from .._schedules import AbstractSchedule, TrigFlow
 from ._base import stop_gradient_model
 from ._pairing import check_velocity
@@ -37,14 +37,21 @@ def check_trigflow_model(model: Any) -> ConsistencyFunction:
         raise TypeError(
             f"sCM needs TrigFlowScalings (f = cos t x - sin t sigma_d F), got {type(model.scalings).__name__}."
         )
-    sd_sched, sd_scal = model.schedule.sigma_data, model.scalings.sigma_data
-    message = "The TrigFlow schedule's sigma_data and TrigFlowScalings' sigma_data must be equal"
-    if is_concrete((sd_sched, sd_scal)):
-        if float(sd_sched) != float(sd_scal):
-            raise ValueError(f"{message}, got {float(sd_sched)} and {float(sd_scal)}.")
-        return model
-    checked = runtime_check(sd_scal, jnp.asarray(sd_sched) != jnp.asarray(sd_scal), f"{message}.")
-    return eqx.tree_at(lambda m: m.scalings.sigma_data, model, checked)
+    return _same_sigma_data(
+        model,
+        ("the schedule's sigma_data", model.schedule.sigma_data),
+        "The TrigFlow schedule's sigma_data and TrigFlowScalings' sigma_data must be equal",
+    )
+
+
+def _same_sigma_data(model: ConsistencyFunction, other: tuple[str, Any], message: str) -> ConsistencyFunction:
+    r"""`model`, whose scalings' $\sigma_d$ must equal `other` = (its description, value): a ValueError at
+    once, or where either is traced, a run-time error carried by the returned model's $\sigma_d$."""
+    sigma_data = cast(TrigFlowScalings, model.scalings).sigma_data
+    _, checked = check_values(
+        (other[0], "the model's sigma_data"), (other[1], sigma_data), lambda a, b: a == b, message
+    )
+    return model if checked is sigma_data else eqx.tree_at(lambda m: m.scalings.sigma_data, model, checked)
 
 
 def trigflow_sigma_data(model: ConsistencyFunction) -> RealScalarLike:
@@ -69,15 +76,12 @@ def check_trigflow_velocity(velocity: Any, model: ConsistencyFunction) -> Consis
         other = getattr(velocity, "sigma_data", None)
     if other is None:
         return model
-    sigma_data = trigflow_sigma_data(model)
-    (_, checked) = check_values(
-        ("the teacher velocity's sigma_data", "the model's sigma_data"),
-        (other, sigma_data),
-        lambda a, b: a == b,
+    return _same_sigma_data(
+        model,
+        ("the teacher velocity's sigma_data", other),
         "The teacher velocity and the model must use the same sigma_data: TrigFlow times would mean different "
         "noise levels",
     )
-    return model if checked is sigma_data else eqx.tree_at(lambda m: m.scalings.sigma_data, model, checked)
 
 
 def trigflow_draw(
