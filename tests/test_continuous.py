@@ -285,8 +285,28 @@ def test_tangent_normalisation_and_clipping(getkey):
     assert np.max(np.abs(np.asarray(clipped))) <= 1.0
     assert_close(clipped, np.clip(np.asarray(g), -1, 1), atol=0)
     assert np.array_equal(np.asarray(jax.vmap(lambda x: normalise_tangent(x, "none"))(g)), np.asarray(g))
+    # FastGen's spatially invariant form: divide by the RMS over dimensions, not the norm.
+    rms = jax.vmap(lambda x: normalise_tangent(x, "rms", 0.1))(g)
+    assert_close(rms, np.asarray(g) / (norms / np.sqrt(3) + 0.1)[:, None], rtol=1e-14)
     with pytest.raises(ValueError, match="tangent_normalisation"):
-        sct(optax.sgd(0.0), tangent_normalisation="rms")
+        sct(optax.sgd(0.0), tangent_normalisation="l1")
+
+
+def test_prior_weighting_divides_the_residual_by_the_noise_level(getkey):
+    model = ctjax.ConsistencyFunction(
+        ctjax.MLP(2, width=16, depth=1, embedding="sinusoidal", key=getkey()), TF, ctjax.TrigFlowScalings(SD)
+    )
+    batch = ctjax.presets.gmm2d().sample(getkey(), 64)
+    key = getkey()
+    plain = sct(optax.sgd(0.0), warmup_steps=0, adaptive_weighting=False)
+    prior = sct(optax.sgd(0.0), warmup_steps=0, adaptive_weighting=False, prior_weighting=True)
+    q = plain.tangents(model, batch, 0, key)
+    sq = np.sum(np.asarray(q.g_normalised) ** 2, axis=-1) / 2  # F_theta - sg(F_theta) = 0 in value
+    loss_plain, aux = plain.loss(model, None, None, batch, 0, key)
+    loss_prior, _ = prior.loss(model, None, None, batch, 0, key)
+    assert_close(loss_plain, np.mean(sq), rtol=1e-12)
+    assert_close(loss_prior, np.mean(sq / (SD * np.tan(np.asarray(q.t)))), rtol=1e-12)
+    assert_close(aux["residual"], np.mean(sq), rtol=1e-12)
 
 
 @eqx.filter_jit

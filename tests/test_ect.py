@@ -217,3 +217,42 @@ def test_ect_tuning_of_a_denoising_model_improves_the_map_without_recompiling():
     assert all(np.all(np.isfinite(v)) for h in (hist, hist2) for v in h.values())
     tuned = _map_errors(trainer.result(state))
     assert np.all(tuned < 0.2 * untrained) and np.all(tuned < 0.5 * denoiser), (untrained, denoiser, tuned)
+
+
+def test_the_target_is_the_data_only_at_r_zero_and_the_boundary_below_t_min():
+    """`locuslab/ect` uses x0 as the target only where r = 0; a teacher time 0 < r <= t_min is
+    evaluated at t_min, where f(t_min, x) = x: the target is x0 + t_min eps, not x0."""
+    trainer = ect(optax.sgd(0.0), 800)
+    model = _perturbed(_model(jr.key(0)), jr.key(1))
+    x0, eps, t = jnp.array([0.4, -0.2]), jnp.array([1.5, -0.7]), 0.05
+    student = model(t, x0 + t * eps)
+    pair = eqx.filter_jit(lambda r: trainer.pair_loss(model, t, r, x0, eps))
+    for r, target in [(0.0, x0), (0.001, x0 + VE.t_min * eps), (VE.t_min, x0 + VE.t_min * eps)]:
+        loss, residual = pair(jnp.asarray(r))
+        np.testing.assert_allclose(np.asarray(residual), np.asarray(student - target), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(float(loss), float(jnp.linalg.norm(student - target)) / (t - r), rtol=1e-10)
+    # Above t_min the teacher is the model itself at r.
+    r = 0.02
+    _, residual = pair(jnp.asarray(r))
+    np.testing.assert_allclose(np.asarray(residual), np.asarray(student - model(r, x0 + r * eps)), rtol=1e-10)
+    # The denoising fraction counts r = 0 only.
+    batch = GAUSS.sample(jr.key(2), 64)
+    aux = eqx.filter_jit(trainer.loss)(model, None, None, batch, jnp.asarray(0), jr.key(3))[1]
+    t_all = ctjax.training.lognormal_times(
+        jr.split(jr.key(3), 3)[0], (64,), VE, trainer.p_mean, trainer.p_std, batch.dtype
+    )
+    r_all = trainer.t_to_r(t_all, 0)
+    assert float(aux["denoising_fraction"]) == pytest.approx(float(jnp.mean(r_all <= 0)))
+
+
+def test_a_distance_replaces_the_pseudo_huber_norm():
+    model = _perturbed(_model(jr.key(0)), jr.key(1))
+    x0, eps = jnp.array([0.4, -0.2]), jnp.array([1.5, -0.7])
+    sq = ect(optax.sgd(0.0), 800, distance=ctjax.SquaredL2())
+    norm = ect(optax.sgd(0.0), 800)
+    loss_sq, residual = sq.pair_loss(model, 0.5, 0.25, x0, eps)
+    loss_norm, _ = norm.pair_loss(model, 0.5, 0.25, x0, eps)
+    np.testing.assert_allclose(float(loss_sq), float(jnp.sum(residual**2)) / 0.25, rtol=1e-10)
+    np.testing.assert_allclose(float(loss_norm), float(jnp.linalg.norm(residual)) / 0.25, rtol=1e-10)
+    with pytest.raises(TypeError, match="distance"):
+        ect(optax.sgd(0.0), 800, distance="l2")

@@ -45,6 +45,21 @@ def test_pseudo_huber_is_on_the_norm(getkey):
         ctjax.PseudoHuber(-1.0)
 
 
+def test_the_mean_reduction_divides_the_squared_norm_by_the_dimension(getkey):
+    d = 16
+    r = np.asarray(jr.normal(getkey(), (d,)))
+    sq = float(np.sum(r**2))
+    assert_close(ctjax.SquaredL2("mean")(r), sq / d, rtol=1e-14)
+    assert_close(ctjax.SquaredL2()(r), sq, rtol=1e-14)
+    assert_close(ctjax.L2("mean")(r), np.sqrt(sq / d), rtol=1e-14)
+    assert_close(ctjax.PseudoHuber(0.3, "mean")(r), np.sqrt(sq / d + 0.09) - 0.3, rtol=1e-14)
+    assert_close(ctjax.PseudoHuber(0.3)(r), np.sqrt(sq + 0.09) - 0.3, rtol=1e-14)
+    # The safe gradient at a zero residual holds for both reductions.
+    assert np.all(np.isfinite(np.asarray(jax.grad(ctjax.L2("mean"))(jnp.zeros(d)))))
+    with pytest.raises(ValueError, match="reduction"):
+        ctjax.SquaredL2("max")
+
+
 def test_l2_has_a_finite_gradient_at_zero():
     grad = jax.grad(ctjax.L2())(jnp.zeros(3))
     assert np.all(np.isfinite(np.asarray(grad)))

@@ -13,6 +13,12 @@ from ._continuous import (
     sct as sct,
     Tangents as Tangents,
 )
+from ._coupling import (
+    AbstractCoupling as AbstractCoupling,
+    Independent as Independent,
+    MinibatchOT as MinibatchOT,
+    optimal_assignment as optimal_assignment,
+)
 from ._curricula import (
     AbstractCurriculum as AbstractCurriculum,
     ConstantCurriculum as ConstantCurriculum,
@@ -58,3 +64,8 @@ from ._teachers import (
 )
 from ._time_sampling import lognormal_times as lognormal_times
 from ._tuning import PretrainThenTune as PretrainThenTune
+from ._velocity_estimate import (
+    AbstractVelocityEstimate as AbstractVelocityEstimate,
+    OneSample as OneSample,
+    ReferenceBatch as ReferenceBatch,
+)

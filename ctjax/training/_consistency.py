@@ -19,11 +19,13 @@ from .._losses import (
 )
 from .._misc import check_ema_rate, check_instance, check_optimizer
 from ._base import AbstractEMATrainer, stop_gradient_model, TrainState
+from ._coupling import AbstractCoupling, check_coupling, Independent
 from ._curricula import AbstractCurriculum, ConstantCurriculum, DoublingCurriculum, SqrtCurriculum
 from ._grids import AbstractGrid, KarrasGrid
 from ._index_sampling import AbstractIndexSampler, DiscreteLogNormal, UniformIndex
 from ._pairing import AbstractPairing, CoupledNoise, ODEStep
 from ._teachers import AbstractTeacher, AdaptiveEMATeacher, EMATeacher, StopGradientTeacher
+from ._velocity_estimate import AbstractVelocityEstimate, check_no_teacher_options, OneSample
 
 
 class ConsistencyTrainer(AbstractEMATrainer):
@@ -49,6 +51,10 @@ class ConsistencyTrainer(AbstractEMATrainer):
     - `index_sampler`: `UniformIndex()` (the default) or `DiscreteLogNormal(p_mean, p_std)`.
     - `pairing`: how the teacher's point is built: `CoupledNoise()` (training, the default) or
       `ODEStep(velocity, method)` (distillation).
+    - `velocity_estimate`: how training without a teacher estimates the velocity that builds the
+      teacher's point: `OneSample()` (the generating $x_0$, the default) or `ReferenceBatch(...)` (the
+      posterior mean over a reference set). Training only (`CoupledNoise`).
+    - `coupling`: how the noise is paired with the data: `Independent()` (the default) or `MinibatchOT()`.
     - `ema_rate`: rate of the evaluation EMA of the parameters (None: evaluate the student).
     """
 
@@ -61,8 +67,11 @@ class ConsistencyTrainer(AbstractEMATrainer):
     index_sampler: AbstractIndexSampler = UniformIndex()
     pairing: AbstractPairing = CoupledNoise()
     ema_rate: float | None = eqx.field(default=0.999, converter=check_ema_rate)
+    velocity_estimate: AbstractVelocityEstimate = eqx.field(default=OneSample(), kw_only=True)
+    coupling: AbstractCoupling = eqx.field(default=Independent(), converter=check_coupling, kw_only=True)
 
     def __check_init__(self):
+        check_no_teacher_options(self.velocity_estimate, self.pairing)
         check_instance(self.curriculum, AbstractCurriculum, "curriculum", "a curriculum such as SqrtCurriculum")
         check_instance(self.teacher, AbstractTeacher, "teacher", "a teacher such as StopGradientTeacher()")
         check_instance(self.grid, AbstractGrid, "grid", "a grid such as KarrasGrid()")
@@ -98,11 +107,13 @@ class ConsistencyTrainer(AbstractEMATrainer):
         index = self.index_sampler.sample(k_index, (num_batch,), self.grid, schedule, num, self.curriculum.max_scales)
         t_lo = self.grid.time(schedule, index, num).astype(dtype)
         t_hi = self.grid.time(schedule, index + 1, num).astype(dtype)
-        z = jr.normal(k_noise, batch.shape, dtype)
+        z = self.coupling.pair(batch, jr.normal(k_noise, batch.shape, dtype))
         a_hi = jax.vmap(schedule.alpha)(t_hi).astype(dtype)
         s_hi = jax.vmap(schedule.sigma)(t_hi).astype(dtype)
         x_hi = a_hi[:, None] * batch + s_hi[:, None] * z
-        x_lo = jax.vmap(self.pairing.earlier, in_axes=(None, 0, 0, 0, 0, 0))(schedule, batch, z, x_hi, t_lo, t_hi)
+        # A key of its own (fold_in) leaves the draws above as they were before estimates existed.
+        x0_hat, z_hat = self.velocity_estimate.estimate(schedule, t_hi, x_hi, batch, z, key=jr.fold_in(key, 1))
+        x_lo = jax.vmap(self.pairing.earlier, in_axes=(None, 0, 0, 0, 0, 0))(schedule, x0_hat, z_hat, x_hi, t_lo, t_hi)
         frozen = stop_gradient_model(model if teacher is None else teacher)
         drop_keys = jr.split(k_drop, num_batch)
         student_out = jax.vmap(lambda t, x, k: model(t, x, key=k))(t_hi, x_hi, drop_keys)
@@ -123,10 +134,13 @@ def ct(
     distance: AbstractDistance = SquaredL2(),
     grid: AbstractGrid = KarrasGrid(),
     ema_rate: float | None = 0.999,
+    velocity_estimate: AbstractVelocityEstimate = OneSample(),
+    coupling: AbstractCoupling = Independent(),
 ) -> ConsistencyTrainer:
     r"""Song et al. (2023)'s consistency training: the $\sqrt{\cdot}$ curriculum $N(k)$ from $s_0$
     to $s_1 + 1$, an EMA teacher with $\mu(k) = \exp(s_0 \log\mu_0 / N(k))$, uniform intervals,
-    $\lambda \equiv 1$, and $\ell_2^2$ (the paper's LPIPS has no meaning off images)."""
+    $\lambda \equiv 1$, and $\ell_2^2$ (the paper's LPIPS has no meaning off images). The paper's
+    one-sample velocity and independent noise are the defaults of `velocity_estimate` and `coupling`."""
     return ConsistencyTrainer(
         optimizer,
         SqrtCurriculum(s0, s1, total_steps),
@@ -136,6 +150,8 @@ def ct(
         weighting=UniformWeighting(),
         index_sampler=UniformIndex(),
         ema_rate=ema_rate,
+        velocity_estimate=velocity_estimate,
+        coupling=coupling,
     )
 
 
@@ -150,19 +166,27 @@ def ict(
     huber_c: float | None = None,
     grid: AbstractGrid = KarrasGrid(),
     ema_rate: float | None = 0.999,
+    distance: AbstractDistance | None = None,
+    velocity_estimate: AbstractVelocityEstimate = OneSample(),
+    coupling: AbstractCoupling = Independent(),
 ) -> ConsistencyTrainer:
     r"""Song and Dhariwal (2023)'s improved consistency training: stop-gradient teacher, the
     doubling curriculum, discretised log-normal interval sampling, $\lambda = 1/(\sigma_{i+1} - \sigma_i)$,
-    and pseudo-Huber with $c = 0.00054\sqrt{d}$ (or `huber_c`)."""
+    and pseudo-Huber with $c = 0.00054\sqrt{d}$ (or `huber_c`; or any `distance`). The one-sample
+    velocity and independent noise are the defaults of `velocity_estimate` and `coupling`."""
+    if distance is not None and huber_c is not None:
+        raise ValueError("Pass `huber_c` (for iCT's pseudo-Huber distance) or `distance`, not both.")
     return ConsistencyTrainer(
         optimizer,
         DoublingCurriculum(s0, s1, total_steps),
         teacher=StopGradientTeacher(),
         grid=grid,
-        distance=PseudoHuber(huber_c),
+        distance=PseudoHuber(huber_c) if distance is None else distance,
         weighting=InverseDeltaWeighting(),
         index_sampler=DiscreteLogNormal(p_mean, p_std),
         ema_rate=ema_rate,
+        velocity_estimate=velocity_estimate,
+        coupling=coupling,
     )
 
 

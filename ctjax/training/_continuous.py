@@ -38,6 +38,7 @@ from .._misc import (
 from .._nets.base import param_dtype
 from ._adaptive_weighting import AdaptiveWeighting
 from ._base import AbstractEMATrainer, TrainState
+from ._coupling import AbstractCoupling, check_coupling, Independent
 from ._pairing import check_velocity
 from ._trigflow import (
     adaptive_weighted_loss,
@@ -47,8 +48,10 @@ from ._trigflow import (
     NORMALISATIONS,
     normalise_tangent,
     trigflow_draw,
+    trigflow_sigma_data,
     trigflow_tangent,
 )
+from ._velocity_estimate import AbstractVelocityEstimate, check_velocity_estimate, OneSample
 
 
 class Tangents(eqx.Module):
@@ -109,9 +112,16 @@ class ContinuousConsistencyTrainer(AbstractEMATrainer):
 
     - `warmup_steps`: steps over which $r$ rises linearly from 0 to 1 (0: $r = 1$ at once;
       FastGen's default 10 000).
-    - `tangent_normalisation`: `"normalise"` ($g/(\|g\| + c)$), `"clip"` (to $[-1, 1]$) or `"none"`.
+    - `tangent_normalisation`: `"normalise"` ($g/(\|g\| + c)$), `"rms"` ($g/(\|g\|/\sqrt{D} + c)$,
+      FastGen's spatially invariant form), `"clip"` (to $[-1, 1]$) or `"none"`.
     - `normalisation_const`: $c$ (0.1).
     - `adaptive_weighting`: learn $w_\phi(t)$ (True) or use $w = 0$ (False).
+    - `prior_weighting`: multiply each example's residual by the prior weight $1/(\sigma_d \tan t)$, one
+      over its noise level (sCM's $\lambda(t)$), inside the adaptive loss: $e^{w}\lambda(t) m - w$.
+    - `velocity_estimate` (sCT only): `OneSample()` (the conditional velocity, the default) or
+      `ReferenceBatch(...)` ($\cos t\,\hat z - \sin t\,\hat x_0$ from the posterior mean over a
+      reference set).
+    - `coupling`: `Independent()` (the default) or `MinibatchOT()`.
     - `weighting_width`: hidden width (and number of Fourier features) of $w_\phi$.
     - `p_mean`, `p_std`: the time proposal (sCM CIFAR-10: -1.0, 1.4).
     - `ema_rate`: rate of the evaluation EMA (None: evaluate the trained model itself).
@@ -132,6 +142,17 @@ class ContinuousConsistencyTrainer(AbstractEMATrainer):
     p_mean: float = eqx.field(default=-1.0, converter=finite_field("p_mean"))
     p_std: float = eqx.field(default=1.4, converter=check_p_std)
     ema_rate: float | None = eqx.field(default=0.999, converter=check_ema_rate)
+    prior_weighting: bool = eqx.field(static=True, default=False, converter=bool_field("prior_weighting"))
+    velocity_estimate: AbstractVelocityEstimate = OneSample()
+    coupling: AbstractCoupling = eqx.field(default=Independent(), converter=check_coupling)
+
+    def __check_init__(self):
+        check_velocity_estimate(self.velocity_estimate)
+        if self.velocity is not None and not isinstance(self.velocity_estimate, OneSample):
+            raise ValueError(
+                "`velocity_estimate` replaces the teacher in sCT; sCD takes its velocity from the teacher. "
+                "Use OneSample() with a teacher `velocity`, or velocity=None."
+            )
 
     def warmup_ratio(self, step: ArrayLike, dtype: DTypeLike | None = None) -> Array:
         r"""$r(k) = \min(1, k/K_{warm})$: 0 at step 0, 1 from step `warmup_steps` on (traced `step`:
@@ -162,7 +183,15 @@ class ContinuousConsistencyTrainer(AbstractEMATrainer):
     def tangents(self, model: ConsistencyFunction, batch: Batch, step: ArrayLike, key: PRNGKeyArray) -> Tangents:
         """The per-example quantities of one step at training step `step` (see `Tangents`)."""
         dtype = batch.dtype
-        t, x_t, dx_dt, drop_keys = trigflow_draw(model, batch, key, self.p_mean, self.p_std)
+        t, x_t, dx_dt, drop_keys = trigflow_draw(
+            model,
+            batch,
+            key,
+            self.p_mean,
+            self.p_std,
+            coupling=self.coupling,
+            velocity_estimate=None if isinstance(self.velocity_estimate, OneSample) else self.velocity_estimate,
+        )
         if self.velocity is not None:
             dx_dt = jax.lax.stop_gradient(jax.vmap(self.velocity)(t, x_t).astype(dtype))
         r = self.warmup_ratio(step, dtype)
@@ -189,7 +218,12 @@ class ContinuousConsistencyTrainer(AbstractEMATrainer):
         residual = F_theta - jax.lax.stop_gradient(F_theta) - q.g_normalised
         sq = jnp.sum(residual**2, axis=-1) / batch.shape[-1]
         w = jnp.zeros_like(sq) if extra is None else jax.vmap(extra)(q.t).astype(sq.dtype)
-        per_example = adaptive_weighted_loss(sq, w)
+        weighted = sq
+        if self.prior_weighting:
+            sd = jnp.asarray(trigflow_sigma_data(model), sq.dtype)
+            # 1/noise level; the clamp keeps t = 0 (noise level 0) finite.
+            weighted = sq / jnp.maximum(sd * jnp.tan(q.t), jnp.finfo(sq.dtype).tiny)
+        per_example = adaptive_weighted_loss(weighted, w)
         aux = {
             "warmup_ratio": q.r,
             "tangent_norm": jnp.mean(jnp.sqrt(jnp.sum(q.g**2, axis=-1))),

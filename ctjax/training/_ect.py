@@ -6,7 +6,14 @@ towards the student's time $t$ stage by stage, starting from the denoising (diff
 $r = t\,\big(1 - q^{-(s + s_0)}\,(1 + k\,\mathrm{sigmoid}(-b t))\big)_+$, stage $s = \lfloor \text{step}/\text{steps\_per\_stage} \rfloor$,
 
 and the loss $\big(\sqrt{\|f_\theta(t, x_0 + t\epsilon) - \mathrm{sg} f_\theta(r, x_0 + r\epsilon)\|^2 + c^2} - c\big)/(t - r)$,
-with the target $x_0$ itself where $r \le t_{min}$.
+with the target $x_0$ itself where $r = 0$ (as in `locuslab/ect`'s `training/loss.py`).
+
+Two things differ from the reference code and follow from ctjax's model rather than from ECT: the
+network is a `ConsistencyFunction` with `EDMScalings`, whose $c_{skip}, c_{out}$ carry the
+$\sigma_{min}$ offset that makes $f(t_{min}, x) = x$ exact (ECT's EDM network uses the offset-free
+scalings and never evaluates $t < \sigma_{min}$), and times are clipped to the schedule's range
+$[t_{min}, t_{max}]$ (0.002 and 80 for `VarianceExploding()`): a teacher time $0 < r < t_{min}$ is
+evaluated at $t_{min}$, where the boundary condition gives $x_r$ itself.
 """
 
 import dataclasses
@@ -36,8 +43,10 @@ from .._misc import (
 )
 from .._schedules import VarianceExploding
 from ._base import AbstractEMATrainer, stop_gradient_model, TrainState
+from ._coupling import AbstractCoupling, check_coupling, Independent
 from ._pairing import AbstractPairing, CoupledNoise
 from ._time_sampling import lognormal_times
+from ._velocity_estimate import AbstractVelocityEstimate, check_no_teacher_options, OneSample
 
 
 def _check_ve_model(model) -> None:
@@ -61,7 +70,7 @@ class ECTTrainer(AbstractEMATrainer):
     $d\big(f_\theta(t, x_0 + t\epsilon) - \mathrm{sg}\, f_\theta(r, x_0 + r\epsilon)\big)/(t - r)$
 
     with the same $\epsilon$ and the same dropout key in both evaluations, the target replaced by
-    $x_0$ where $r \le t_{min}$, and $d$ the pseudo-Huber norm $\sqrt{\|\Delta\|^2 + c^2} - c$
+    $x_0$ where $r = 0$ (a teacher time in $(0, t_{min}]$ is evaluated at $t_{min}$), and $d$ the pseudo-Huber norm $\sqrt{\|\Delta\|^2 + c^2} - c$
     ($c = 0$: the $\ell_2$ norm, with gradient 0 rather than NaN at $\Delta = 0$). The teacher is the
     stop-gradient of the student (no EMA teacher); `ema_rate` drives the evaluation EMA.
 
@@ -73,7 +82,7 @@ class ECTTrainer(AbstractEMATrainer):
     ECT's own first stage is a (norm, not squared) denoising loss: pre-training from scratch.
 
     **Metrics:** `loss`, `grad_norm`, `stage` ($s$), `mean_ratio` (the mean $r/t$) and
-    `denoising_fraction` (the fraction of examples with $r \le t_{min}$, whose target is $x_0$).
+    `denoising_fraction` (the fraction of examples with $r = 0$, whose target is $x_0$).
 
     **Arguments:**
 
@@ -86,6 +95,11 @@ class ECTTrainer(AbstractEMATrainer):
       0 as in the paper's $q^{-a}$ (then stage 0 is pure denoising).
     - `pairing`: how the teacher's point at $r$ is built: `CoupledNoise()` ($x_0 + r\epsilon$, ECT's
       own, the default) or `ODEStep(velocity)` (one ODE step of a teacher velocity from $t$ to $r$).
+    - `velocity_estimate`: `OneSample()` (ECT's $x_0 + r\epsilon$, the default) or `ReferenceBatch(...)`:
+      the teacher's point $\hat x_0 + r\hat\epsilon$ and the denoising target $\hat x_0$ from the
+      posterior mean over a reference set.
+    - `coupling`: `Independent()` (the default) or `MinibatchOT()` (noise reordered to the data).
+    - `distance`: None (the pseudo-Huber norm with `huber_c`, ECT's) or any distance, e.g. `SquaredL2()`.
     - `ema_rate`: rate of the evaluation EMA (None: evaluate the trained model itself).
     """
 
@@ -108,14 +122,23 @@ class ECTTrainer(AbstractEMATrainer):
     stage_offset: int = eqx.field(static=True, default=1, converter=int_field("stage_offset", 0))
     pairing: AbstractPairing = CoupledNoise()
     ema_rate: float | None = eqx.field(default=0.999, converter=check_ema_rate)
+    velocity_estimate: AbstractVelocityEstimate = OneSample()
+    coupling: AbstractCoupling = eqx.field(default=Independent(), converter=check_coupling)
+    distance: AbstractDistance | None = None
 
     def __check_init__(self):
         check_instance(self.pairing, AbstractPairing, "pairing", "CoupledNoise() or ODEStep(velocity)")
+        if self.distance is not None:
+            check_instance(
+                self.distance, AbstractDistance, "distance", "None (pseudo-Huber with huber_c) or a distance"
+            )
+        check_no_teacher_options(self.velocity_estimate, self.pairing)
 
     @property
-    def distance(self) -> AbstractDistance:
-        r"""The pseudo-Huber norm with constant `huber_c` ($\ell_2$ with a safe gradient for $c = 0$)."""
-        return PseudoHuber(self.huber_c)
+    def metric(self) -> AbstractDistance:
+        r"""`distance`, or where it is None the pseudo-Huber norm with constant `huber_c` ($\ell_2$ with a
+        safe gradient for $c = 0$)."""
+        return PseudoHuber(self.huber_c) if self.distance is None else self.distance
 
     def stage(self, step: ArrayLike) -> Array:
         r"""$s = \lfloor \text{step}/\text{steps\_per\_stage} \rfloor$ (int32, traced)."""
@@ -139,12 +162,15 @@ class ECTTrainer(AbstractEMATrainer):
         x0: Array,
         eps: Array,
         key: PRNGKeyArray | None = None,
+        x0_hat: Array | None = None,
+        eps_hat: Array | None = None,
     ) -> tuple[Array, Array]:
         r"""(loss, residual) of one example.
 
         The residual is $\Delta = f_\theta(t, x_0 + t\epsilon) - \text{target}$ with target
-        $\mathrm{sg} f_\theta(r, x_r)$ ($x_r$ from `pairing`, $x_0 + r\epsilon$ by default), or $x_0$
-        where $r \le t_{min}$; the loss is $d(\Delta)/(t - r)$ (0 where $t - r$ is not positive).
+        $\mathrm{sg} f_\theta(\max(r, t_{min}), x_r)$ ($x_r$ from `pairing`, $\hat x_0 + r\hat\epsilon$ by
+        default), or $\hat x_0$ where $r = 0$; the loss is $d(\Delta)/(t - r)$ (0 where $t - r$ is not
+        positive). $(\hat x_0, \hat\epsilon)$ default to $(x_0, \epsilon)$ (the one-sample estimate).
         Both evaluations use `key`."""
         dtype = x0.dtype
         t = jnp.asarray(t).astype(dtype)
@@ -153,16 +179,19 @@ class ECTTrainer(AbstractEMATrainer):
         t_min = jnp.asarray(schedule.t_min, dtype)
         x_t = x0 + t * eps
         student = model(t, x_t, key=key)
-        use_teacher = r > t_min
-        # Where r <= t_min the target is x0 and the teacher's output is discarded.
+        x0_hat = x0 if x0_hat is None else x0_hat
+        eps_hat = eps if eps_hat is None else eps_hat
+        # The reference uses the data as the target only at r = 0; a teacher time below t_min is
+        # evaluated at t_min, where the boundary condition makes the model the identity.
+        use_teacher = r > 0
         r_teacher = jnp.maximum(r, t_min)
-        x_r = self.pairing.earlier(schedule, x0, eps, x_t, r_teacher, t)
+        x_r = self.pairing.earlier(schedule, x0_hat, eps_hat, x_t, r_teacher, t)
         teacher_out = stop_gradient_model(model)(r_teacher, x_r, key=key)
-        target = jnp.where(use_teacher, jax.lax.stop_gradient(teacher_out), x0)
+        target = jnp.where(use_teacher, jax.lax.stop_gradient(teacher_out), x0_hat)
         residual = student - target
         gap = t - r
         positive = gap > 0
-        loss = jnp.where(positive, self.distance(residual) / jnp.where(positive, gap, 1.0), 0.0)
+        loss = jnp.where(positive, self.metric(residual) / jnp.where(positive, gap, 1.0), 0.0)
         return loss, residual
 
     def loss(
@@ -182,14 +211,16 @@ class ECTTrainer(AbstractEMATrainer):
         t = lognormal_times(k_time, (num_batch,), schedule, self.p_mean, self.p_std, dtype)
         stage = self.stage(step)
         r = self.t_to_r(t, stage)
-        eps = jr.normal(k_noise, batch.shape, dtype)
-        losses, _ = jax.vmap(lambda t_, r_, x_, e_, k_: self.pair_loss(model, t_, r_, x_, e_, k_))(
-            t, r, batch, eps, jr.split(k_drop, num_batch)
+        eps = self.coupling.pair(batch, jr.normal(k_noise, batch.shape, dtype))
+        x_t = batch + t[:, None] * eps
+        x0_hat, eps_hat = self.velocity_estimate.estimate(schedule, t, x_t, batch, eps, key=jr.fold_in(key, 1))
+        losses, _ = jax.vmap(lambda t_, r_, x_, e_, k_, xh_, eh_: self.pair_loss(model, t_, r_, x_, e_, k_, xh_, eh_))(
+            t, r, batch, eps, jr.split(k_drop, num_batch), x0_hat, eps_hat
         )
         aux = {
             "stage": stage,
             "mean_ratio": jnp.mean(r / t),
-            "denoising_fraction": jnp.mean((r <= jnp.asarray(schedule.t_min, dtype)).astype(dtype)),
+            "denoising_fraction": jnp.mean((r <= 0).astype(dtype)),
         }
         return jnp.mean(losses), aux
 

@@ -15,21 +15,28 @@ from .._losses import AbstractDistance, SquaredL2
 from .._misc import check_instance, check_optimizer, choice_field, int_field
 from ._base import AbstractTrainer, check_batch, gradient_step, partition_trainable, TrainState, tree_select
 from ._consistency import ConsistencyTrainer
+from ._coupling import AbstractCoupling, check_coupling, Independent
 from ._curricula import ConstantCurriculum
 from ._grids import FixedGrid
 from ._index_sampling import UniformIndex
 from ._pairing import AbstractPairing, CoupledNoise
 from ._teachers import StopGradientTeacher
+from ._velocity_estimate import AbstractVelocityEstimate, check_no_teacher_options, OneSample
 
 
-def _stage_pair(pairing: AbstractPairing, model: StagedConsistencyModel, batch: Array, key: PRNGKeyArray, k: Array):
-    r"""The pair $(a_k X_0 + s_k Z,\ x_{k-1})$ for 0-based stage index k >= 1, with $x_{k-1}$ from
-    `pairing` (`CoupledNoise`: $a_{k-1} X_0 + s_{k-1} Z$, the same $Z$)."""
+def _stage_pair(trainer, model: StagedConsistencyModel, batch: Array, key: PRNGKeyArray, k: Array):
+    r"""The pair $(a_k X_0 + s_k Z,\ x_{k-1})$ for 0-based stage index k >= 1, with $x_{k-1}$ from the
+    trainer's `pairing` (`CoupledNoise`: $a_{k-1} \hat X_0 + s_{k-1} \hat Z$, with $(\hat X_0, \hat Z)$ =
+    $(X_0, Z)$ for the paper's `OneSample`), after its `coupling` has paired $Z$ with $X_0$."""
     sched, dtype = model.schedule, batch.dtype
     t_k, t_prev = model.times[k], model.times[k - 1]
-    z = jr.normal(key, batch.shape, dtype)
+    z = trainer.coupling.pair(batch, jr.normal(key, batch.shape, dtype))
     x_k = sched.interpolate(t_k, batch, z)
-    x_prev = jax.vmap(pairing.earlier, in_axes=(None, 0, 0, 0, None, None))(sched, batch, z, x_k, t_prev, t_k)
+    t_all = jnp.broadcast_to(jnp.asarray(t_k), batch.shape[:1])
+    x0_hat, z_hat = trainer.velocity_estimate.estimate(sched, t_all, x_k, batch, z, key=jr.fold_in(key, 1))
+    x_prev = jax.vmap(trainer.pairing.earlier, in_axes=(None, 0, 0, 0, None, None))(
+        sched, x0_hat, z_hat, x_k, t_prev, t_k
+    )
     return t_k, t_prev, x_k, x_prev
 
 
@@ -71,6 +78,9 @@ class StagedConsistencyTraining(AbstractTrainer):
     - `distance`: $d$ of the stage loss (`SquaredL2()`, the paper's, by default).
     - `pairing`: how stage $k-1$'s input is built: `CoupledNoise()`, the paper's coupled noise
       (the default), or `ODEStep(velocity)`.
+    - `velocity_estimate`: `OneSample()` (the paper's, the default) or `ReferenceBatch(...)`: stage
+      $k-1$'s input $a_{k-1}\hat x_0 + s_{k-1}\hat z$ from the posterior mean over a reference set.
+    - `coupling`: `Independent()` (the paper's, the default) or `MinibatchOT()`.
     """
 
     optimizer: optax.GradientTransformation = eqx.field(converter=check_optimizer)
@@ -80,10 +90,13 @@ class StagedConsistencyTraining(AbstractTrainer):
     steps_per_stage: int = eqx.field(static=True, default=1000, converter=int_field("steps_per_stage", 1))
     distance: AbstractDistance = SquaredL2()
     pairing: AbstractPairing = CoupledNoise()
+    velocity_estimate: AbstractVelocityEstimate = OneSample()
+    coupling: AbstractCoupling = eqx.field(default=Independent(), converter=check_coupling)
 
     def __check_init__(self):
         check_instance(self.distance, AbstractDistance, "distance", "a distance such as SquaredL2()")
         check_instance(self.pairing, AbstractPairing, "pairing", "CoupledNoise() or ODEStep(velocity)")
+        check_no_teacher_options(self.velocity_estimate, self.pairing)
 
     def total_steps(self, model: StagedConsistencyModel) -> int:
         """Steps until the last stage is trained (sequential: (T - 1) x steps_per_stage)."""
@@ -106,7 +119,7 @@ class StagedConsistencyTraining(AbstractTrainer):
 
     def _sequential_loss(self, current, model: StagedConsistencyModel, batch, k, key):
         k_noise, k_drop = jr.split(key)
-        t_k, t_prev, x_k, x_prev = _stage_pair(self.pairing, model, batch, k_noise, k)
+        t_k, t_prev, x_k, x_prev = _stage_pair(self, model, batch, k_noise, k)
         net_k = eqx.combine(current, eqx.filter(model.stage_net(k), eqx.is_inexact_array, inverse=True))
         prev = jax.lax.stop_gradient(eqx.filter(model.stage_net(k - 1), eqx.is_inexact_array))
         net_prev = eqx.combine(prev, eqx.filter(model.stage_net(k - 1), eqx.is_inexact_array, inverse=True))
@@ -154,7 +167,7 @@ class StagedConsistencyTraining(AbstractTrainer):
 
         def one_stage(k, k_key):
             k_noise, k_drop = jr.split(k_key)
-            t_k, t_prev, x_k, x_prev = _stage_pair(self.pairing, model, batch, k_noise, k)
+            t_k, t_prev, x_k, x_prev = _stage_pair(self, model, batch, k_noise, k)
             drop = jr.split(k_drop, batch.shape[0])
             student = jax.vmap(lambda x, kk: model.stage(k, x, key=kk))(x_k, drop)
             frozen = eqx.combine(
@@ -190,7 +203,12 @@ class StagedConsistencyTraining(AbstractTrainer):
 
 
 def staged_shared(
-    optimizer: optax.GradientTransformation, times: ArrayLike, ema_rate: float | None = None
+    optimizer: optax.GradientTransformation,
+    times: ArrayLike,
+    ema_rate: float | None = None,
+    *,
+    velocity_estimate: AbstractVelocityEstimate = OneSample(),
+    coupling: AbstractCoupling = Independent(),
 ) -> ConsistencyTrainer:
     r"""The shared-weights variant of staged training: one network conditioned on $t$, every
     stage $k \in \{2..T\}$ at once, $E\|f(t_k, X_k) - \mathrm{sg}\, f(t_{k-1}, X_{k-1})\|^2$ with
@@ -205,4 +223,6 @@ def staged_shared(
         distance=SquaredL2(),
         index_sampler=UniformIndex(),
         ema_rate=ema_rate,
+        velocity_estimate=velocity_estimate,
+        coupling=coupling,
     )

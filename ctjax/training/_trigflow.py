@@ -21,7 +21,7 @@ from ._pairing import check_velocity
 from ._time_sampling import lognormal_times
 
 
-NORMALISATIONS = ("normalise", "clip", "none")
+NORMALISATIONS = ("normalise", "rms", "clip", "none")
 
 
 def check_trigflow_model(model: Any) -> ConsistencyFunction:
@@ -85,16 +85,31 @@ def check_trigflow_velocity(velocity: Any, model: ConsistencyFunction) -> Consis
 
 
 def trigflow_draw(
-    model: ConsistencyFunction, batch: Array, key: PRNGKeyArray, p_mean: float, p_std: float
+    model: ConsistencyFunction,
+    batch: Array,
+    key: PRNGKeyArray,
+    p_mean: float,
+    p_std: float,
+    *,
+    coupling: Any = None,
+    velocity_estimate: Any = None,
 ) -> tuple[Array, Array, Array, Array]:
     r"""One batch of sCM's training draw: log-normal times `t` (`lognormal_times`), points
     $x_t = \cos t\, x_0 + \sin t\, z$ with their conditional velocities (`conditional_path`), and one
-    dropout key per example."""
+    dropout key per example. A `coupling` reorders the noise to the data first; a `velocity_estimate`
+    replaces the velocity by $\cos t\, \hat z - \sin t\, \hat x_0$ of its $(\hat x_0, \hat z)$."""
     num_batch, dtype = batch.shape[0], batch.dtype
     k_time, k_noise, k_drop = jr.split(key, 3)
     t = lognormal_times(k_time, (num_batch,), model.schedule, p_mean, p_std, dtype)
     noise = jr.normal(k_noise, batch.shape, dtype)
-    x_t, dx_dt = jax.vmap(conditional_path, in_axes=(None, 0, 0, 0))(trigflow_sigma_data(model), batch, noise, t)
+    if coupling is not None:
+        noise = coupling.pair(batch, noise)
+    path = jax.vmap(conditional_path, in_axes=(None, 0, 0, 0))
+    sigma_data = trigflow_sigma_data(model)
+    x_t, dx_dt = path(sigma_data, batch, noise, t)
+    if velocity_estimate is not None:
+        x0_hat, noise_hat = velocity_estimate.estimate(model.schedule, t, x_t, batch, noise, key=jr.fold_in(key, 1))
+        dx_dt = path(sigma_data, x0_hat, noise_hat, t)[1]
     return t, x_t, dx_dt, jr.split(k_drop, num_batch)
 
 
@@ -155,11 +170,16 @@ def trigflow_tangent(
 
 
 def normalise_tangent(g: Array, method: str = "normalise", const: ArrayLike = 0.1) -> Array:
-    r"""sCM's tangent normalisation $g/(\|g\| + c)$ (`"normalise"`), clipping to $[-1, 1]$ (`"clip"`), or
-    nothing (`"none"`), for one example's tangent."""
+    r"""sCM's tangent normalisation $g/(\|g\| + c)$ (`"normalise"`), the dimension-free
+    $g/(\mathrm{RMS}(g) + c)$ with $\mathrm{RMS}(g) = \|g\|/\sqrt{D}$ (`"rms"`, FastGen's
+    `g_norm_spatial_invariance`), clipping to $[-1, 1]$ (`"clip"`), or nothing (`"none"`), for one
+    example's tangent."""
     if method == "normalise":
         norm = jnp.sqrt(jnp.sum(g**2))
         return g / (norm + jnp.asarray(const, g.dtype))
+    if method == "rms":
+        rms = jnp.sqrt(jnp.mean(g**2))
+        return g / (rms + jnp.asarray(const, g.dtype))
     if method == "clip":
         return jnp.clip(g, -1.0, 1.0)
     if method == "none":
