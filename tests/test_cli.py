@@ -175,9 +175,12 @@ def test_default_width(options, width):
     resolved = resolve_defaults(TrainConfig(preset="digits", model=model))
     assert resolved.model.width == width
     assert dataclasses.replace(resolved.model, width=model.width) == model
-    # The staged methods with one network per stage use --staged.width; --model.width stays unset.
+    # The staged methods with one network per stage use --staged.width; --model.width stays unset
+    # (what is filled in for them is the measured velocity estimate and coupling).
     staged = TrainConfig(method="staged", model=model)
-    assert resolve_defaults(staged) == staged
+    filled = resolve_defaults(staged)
+    assert filled.velocity_estimate is not None and filled.coupling is not None
+    assert dataclasses.replace(filled, velocity_estimate=None, reference_pool=None, coupling=None) == staged
 
 
 @pytest.mark.parametrize("preset, architecture", [("digits", "conv"), ("gmm2d", "mlp")])

@@ -146,6 +146,16 @@ class TrainConfig:
     (benchmarks/cli_defaults.py)."""
     steps: int = 8000
     batch_size: int = 256
+    velocity_estimate: Literal["one-sample", "reference-batch"] | None = None
+    """Training without a teacher (ct, ict, ect, sct, staged*): the one-sample velocity (x_t - x0)/t of
+    the papers, or the posterior mean over a reference set (the minibatch plus --reference-pool fresh
+    points; Xu et al.'s stable target field). None: each method's measured best (docs/ct-quality.md)."""
+    reference_pool: int | None = None
+    """Fresh reference points per step for --velocity-estimate reference-batch (0: the minibatch alone).
+    None: the measured default."""
+    coupling: Literal["independent", "ot"] | None = None
+    """Training without a teacher: noise independent of the data, or reordered by the exact minibatch
+    optimal-transport assignment. None: each method's measured best."""
     seed: int = 0
     out: pathlib.Path | None = None
     """Run directory (default: runs/<preset or file>-<method>)."""
@@ -242,6 +252,17 @@ def train_config_from_json(data: dict) -> TrainConfig:
         "ect": ECTConfig,
     }
     kwargs = {}
+    if "velocity_estimate" not in data and data.get("method") in (
+        "ct",
+        "ict",
+        "ect",
+        "sct",
+        "staged",
+        "staged-simultaneous",
+        "staged-shared",
+    ):
+        # A run saved before these options existed trained with the papers' one-sample velocity.
+        data = {**data, "velocity_estimate": "one-sample", "coupling": "independent"}
     for field in dataclasses.fields(TrainConfig):
         if field.name not in data:
             continue

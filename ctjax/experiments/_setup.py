@@ -32,7 +32,11 @@ from ..training import (
     ect,
     ExactVelocity,
     ict,
+    Independent,
+    MinibatchOT,
+    OneSample,
     PretrainThenTune,
+    ReferenceBatch,
     staged_shared,
     StagedConsistencyTraining,
 )
@@ -211,7 +215,15 @@ def default_width(cfg: TrainConfig) -> int:
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with the architecture-dependent defaults filled in (what the run's saved config records).
-    The staged methods with one network per stage use `--staged.width`: their `--model.width` stays unset."""
+    The staged methods with one network per stage use `--staged.width`: their `--model.width` stays unset.
+    A no-teacher method's velocity estimate, reference pool and coupling are filled in with the measured
+    best, so that a resumed run keeps them when the defaults change."""
+    if cfg.method in NO_TEACHER_METHODS:
+        estimate, pool, coupling = MEASURED_BEST[cfg.method]
+        estimate = cfg.velocity_estimate or estimate
+        if estimate == "reference-batch" and cfg.reference_pool is None:
+            cfg = dataclasses.replace(cfg, reference_pool=pool)
+        cfg = dataclasses.replace(cfg, velocity_estimate=estimate, coupling=cfg.coupling or coupling)
     if cfg.method in ("staged", "staged-simultaneous"):
         return cfg
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, width=default_width(cfg)))
@@ -245,8 +257,57 @@ def li_schedule(cfg: TrainConfig) -> DiscreteVP:
         raise ConfigError(f"--staged.num-stages/c0/c1: {err}") from err
 
 
+NO_TEACHER_METHODS = ("ct", "ict", "ect", "sct", "staged", "staged-simultaneous", "staged-shared")
+# The measured best velocity estimate and coupling per no-teacher method on gmm2d (benchmarks/ct_quality.py,
+# docs/ct-quality.md): (velocity estimate, reference pool, coupling).
+MEASURED_BEST = {
+    "ct": ("one-sample", None, "independent"),
+    "ict": ("one-sample", None, "independent"),
+    "ect": ("one-sample", None, "independent"),
+    "sct": ("one-sample", None, "independent"),
+    "staged": ("one-sample", None, "independent"),
+    "staged-simultaneous": ("one-sample", None, "independent"),
+    "staged-shared": ("one-sample", None, "independent"),
+}
+
+
+def no_teacher_options(cfg: TrainConfig, problem: Problem) -> dict:
+    """The `velocity_estimate` and `coupling` keyword arguments for a no-teacher method (a ConfigError
+    for a method with a teacher given either flag)."""
+    given = [
+        flag
+        for flag, value in (
+            ("--velocity-estimate", cfg.velocity_estimate),
+            ("--reference-pool", cfg.reference_pool),
+            ("--coupling", cfg.coupling),
+        )
+        if value is not None
+    ]
+    if cfg.method not in NO_TEACHER_METHODS:
+        if given:
+            raise ConfigError(
+                f"{given[0]} applies to training without a teacher ({', '.join(NO_TEACHER_METHODS)}); "
+                f"--method {cfg.method} distils from the exact flow."
+            )
+        return {}
+    best_estimate, best_pool, best_coupling = MEASURED_BEST[cfg.method]
+    estimate = cfg.velocity_estimate or best_estimate
+    coupling = cfg.coupling or best_coupling
+    if estimate == "one-sample" and cfg.reference_pool is not None:
+        raise ConfigError("--reference-pool applies to --velocity-estimate reference-batch, not one-sample.")
+    if estimate == "one-sample":
+        velocity_estimate = OneSample()
+    else:
+        pool = cfg.reference_pool if cfg.reference_pool is not None else (best_pool or 0)
+        if pool < 0:
+            raise ConfigError(f"--reference-pool must be >= 0 (0: the minibatch alone), got {pool}.")
+        velocity_estimate = ReferenceBatch(pool, data=problem.data if pool else None)
+    return {"velocity_estimate": velocity_estimate, "coupling": MinibatchOT() if coupling == "ot" else Independent()}
+
+
 def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, AbstractConsistencyModel, int]:
     """(trainer, initial model, number of steps)."""
+    options = no_teacher_options(cfg, problem)
     if cfg.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {cfg.steps}.")
     if cfg.batch_size < 1:
@@ -274,10 +335,12 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
             )
         elif method == "ct":
             c = cfg.ct
-            trainer = ct(optimizer, steps, s0=c.s0, s1=c.s1, mu0=c.mu0)
+            trainer = ct(optimizer, steps, s0=c.s0, s1=c.s1, mu0=c.mu0, **options)
         else:
             c = cfg.ict
-            trainer = ict(optimizer, steps, s0=c.s0, s1=c.s1, p_mean=c.p_mean, p_std=c.p_std, huber_c=c.huber_c)
+            trainer = ict(
+                optimizer, steps, s0=c.s0, s1=c.s1, p_mean=c.p_mean, p_std=c.p_std, huber_c=c.huber_c, **options
+            )
         return trainer, model, steps
     if method in ("sct", "scd"):
         c = cfg.scm
@@ -294,6 +357,7 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
             adaptive_weighting=c.adaptive_weighting,
             p_mean=c.p_mean,
             p_std=c.p_std,
+            **options,
         )
         return trainer, model, steps
     if method == "ect":
@@ -310,6 +374,7 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
             p_mean=c.p_mean,
             p_std=c.p_std,
             stage_offset=c.stage_offset,
+            **options,
         )
         if c.pretrain_steps:
             # EDM's EMA rate 0.999 even for short pre-training: on gmm2d, an EMA over the last tenth
@@ -321,7 +386,7 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
     li = li_schedule(cfg)
     if method == "staged-shared":
         model = ConsistencyFunction(_network(cfg, problem, key), li, scalings)
-        return staged_shared(optimizer, li.stage_times(), ema_rate=0.999), model, steps
+        return staged_shared(optimizer, li.stage_times(), ema_rate=0.999, **options), model, steps
     mode = "sequential" if method == "staged" else "simultaneous"
     model = StagedConsistencyModel.init(
         lambda k: _network(cfg, problem, k, width=cfg.staged.width, depth=cfg.staged.depth),
@@ -333,9 +398,11 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
         per_stage = max(1, steps // (li.num_steps - 1))
         lr = optax.exponential_decay(cfg.optim.lr, per_stage, 0.05)
         parts = [optax.clip_by_global_norm(cfg.optim.grad_clip)] if cfg.optim.grad_clip is not None else []
-        trainer = StagedConsistencyTraining(optax.chain(*parts, optax.adam(lr)), mode, steps_per_stage=per_stage)
+        trainer = StagedConsistencyTraining(
+            optax.chain(*parts, optax.adam(lr)), mode, steps_per_stage=per_stage, **options
+        )
         return trainer, model, per_stage * (li.num_steps - 1)
-    return StagedConsistencyTraining(optimizer, mode, steps_per_stage=steps), model, steps
+    return StagedConsistencyTraining(optimizer, mode, steps_per_stage=steps, **options), model, steps
 
 
 def build_mesh(devices: int, batch_size: int):
