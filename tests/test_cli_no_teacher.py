@@ -89,3 +89,17 @@ def test_a_run_with_the_options_trains_and_records_them(tmp_path, capsys):
 def test_options_that_do_not_apply_get_one_line(argv, words, tmp_path, capsys):
     line = cli_error(["train", *argv, "--steps", "4", "--out", str(tmp_path / "r"), *TINY], capsys)
     assert words in line
+
+
+def test_ct_s_constant_curriculum_is_distillation_s_recipe_without_the_teacher():
+    from ctjax.experiments._config import CTConfig
+    from ctjax.training import ConstantCurriculum, EMATeacher, SqrtCurriculum
+
+    _, constant = _built(method="ct", ct=CTConfig(curriculum="constant", num_scales=30, mu=0.9))
+    assert isinstance(constant.curriculum, ConstantCurriculum) and int(constant.curriculum.num_scales(0)) == 30
+    assert isinstance(constant.teacher, EMATeacher) and constant.teacher.mu == 0.9
+    _, paper = _built(method="ct", ct=CTConfig(curriculum="sqrt"))
+    assert isinstance(paper.curriculum, SqrtCurriculum)
+    # A run saved before the option existed keeps the paper's curriculum.
+    saved = {"method": "ct", "ct": {"s0": 10, "s1": 150, "mu0": 0.95}}
+    assert train_config_from_json(saved).ct.curriculum == "sqrt"

@@ -26,10 +26,13 @@ from .._targets import AbstractTarget, Empirical, GaussianMixture
 from ..training import (
     AbstractTrainer,
     cd,
+    ConsistencyTrainer,
+    ConstantCurriculum,
     ContinuousConsistencyTrainer,
     ct,
     diffusion_pretraining,
     ect,
+    EMATeacher,
     ExactVelocity,
     ict,
     Independent,
@@ -261,7 +264,7 @@ NO_TEACHER_METHODS = ("ct", "ict", "ect", "sct", "staged", "staged-simultaneous"
 # The measured best velocity estimate and coupling per no-teacher method on gmm2d (benchmarks/ct_quality.py,
 # docs/ct-quality.md): (velocity estimate, reference pool, coupling).
 MEASURED_BEST = {
-    "ct": ("one-sample", None, "independent"),
+    "ct": ("reference-batch", 4096, "independent"),
     "ict": ("one-sample", None, "independent"),
     "ect": ("one-sample", None, "independent"),
     "sct": ("one-sample", None, "independent"),
@@ -335,7 +338,12 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
             )
         elif method == "ct":
             c = cfg.ct
-            trainer = ct(optimizer, steps, s0=c.s0, s1=c.s1, mu0=c.mu0, **options)
+            if c.curriculum == "sqrt":
+                trainer = ct(optimizer, steps, s0=c.s0, s1=c.s1, mu0=c.mu0, **options)
+            else:
+                trainer = ConsistencyTrainer(
+                    optimizer, ConstantCurriculum(c.num_scales), teacher=EMATeacher(c.mu), **options
+                )
         else:
             c = cfg.ict
             trainer = ict(
