@@ -157,13 +157,16 @@ class TrainConfig:
     velocity_estimate: Literal["one-sample", "reference-batch"] | None = None
     """Training without a teacher (ct, ict, ect, sct, staged*): the one-sample velocity (x_t - x0)/t of
     the papers, or the posterior mean over a reference set (the minibatch plus --reference-pool fresh
-    points; Xu et al.'s stable target field). None: each method's measured best (docs/ct-quality.md)."""
+    points; Xu et al.'s stable target field). None: each method's measured best on gmm2d
+    (docs/ct-quality.md): reference-batch for ct, ict, sct (pool 4096) and the staged methods (pool 0),
+    one-sample for ect."""
     reference_pool: int | None = None
     """Fresh reference points per step for --velocity-estimate reference-batch (0: the minibatch alone).
     None: the measured default."""
     coupling: Literal["independent", "ot"] | None = None
     """Training without a teacher: noise independent of the data, or reordered by the exact minibatch
-    optimal-transport assignment. None: each method's measured best."""
+    optimal-transport assignment. None: each method's measured best, independent for every method (OT
+    was worse wherever it was measured, docs/ct-quality.md)."""
     seed: int = 0
     out: pathlib.Path | None = None
     """Run directory (default: runs/<preset or file>-<method>)."""
