@@ -12,6 +12,7 @@ to quality is read: the CPU seconds until the 1-step W1 first falls below 1.5x t
     python benchmarks/ct_quality.py [--methods ct,ict] [--variants one-sample,rb-4096] [--seeds 0,1,2]
         [--steps-scale 1.0] [--tag screen]
     python benchmarks/ct_quality.py report     # table (stdout), docs table and figure from the JSON
+    python benchmarks/ct_quality.py pool       # memory and time of the estimate against the pool size
 
 Rows are merged into benchmarks/results/ct_quality.json under a lock, so runs over disjoint methods
 can go in parallel. Nothing is CPU-specific: on a GPU the same command measures device seconds
@@ -25,6 +26,7 @@ import json
 import pathlib
 import time
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -424,16 +426,56 @@ def report(args):
     print(f"figure: {FIGURE}")
 
 
+def pool_cost(args):
+    """Memory and time of one ReferenceBatch estimate (batch 256, gmm2d at sigma = 0.8) against the pool
+    size and chunk: XLA's temporary buffers stay O(batch x chunk) whatever the pool."""
+    target = gmm2d()
+    x0 = target.sample(jr.key(0), 256)
+    x_t = x0 + 0.8 * jr.normal(jr.key(1), x0.shape)
+    t = jnp.full((256,), 0.8)
+    exact = jax.vmap(lambda x: target.posterior_mean(x, 1.0, 0.8))(x_t)
+    rows = []
+    for pool in (0, 4096, 16384, 65536):
+        for chunk in (1024, 4096):
+            est = ReferenceBatch(pool, data=target if pool else None, chunk_size=chunk)
+            fn = jax.jit(lambda k, est=est: est.posterior_mean(VE, t, x_t, x0, key=k))
+            temp = fn.lower(jr.key(2)).compile().memory_analysis().temp_size_in_bytes
+            for i in range(3):  # compile and warm up
+                fn(jr.key(i)).block_until_ready()
+            times = []
+            for i in range(10):
+                start = time.perf_counter()
+                fn(jr.key(10 + i)).block_until_ready()
+                times.append(time.perf_counter() - start)
+            error = float(jnp.mean(jnp.linalg.norm(fn(jr.key(99)) - exact, axis=-1)))
+            rows.append(
+                {
+                    "pool": pool,
+                    "chunk": chunk,
+                    "temp_bytes": int(temp),
+                    "ms": 1e3 * float(np.median(times)),
+                    "mean_error": error,
+                }
+            )
+            print(
+                f"pool {pool:6d} chunk {chunk:5d}: temporaries {temp / 1e6:6.2f} MB, {rows[-1]['ms']:6.1f} ms "
+                f"(median of 10), mean |x0_hat - E[x0|x_t]| {error:.4f}"
+            )
+    (RESULTS / "ct_quality_pool.json").write_text(
+        json.dumps({"batch": 256, "sigma": 0.8, "rows": rows}, indent=1) + "\n"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "report"))
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "report", "pool"))
     parser.add_argument("--methods", default=",".join(NO_TEACHER + REFERENCE))
     parser.add_argument("--variants", default="", help="default: every variant (the staged stack: fewer)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every method's step count")
     parser.add_argument("--tag", default="screen", help="a label for this set of runs (kept apart in the JSON)")
     args = parser.parse_args()
-    run(args) if args.command == "run" else report(args)
+    {"run": run, "report": report, "pool": pool_cost}[args.command](args)
 
 
 if __name__ == "__main__":
