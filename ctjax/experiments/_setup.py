@@ -269,7 +269,7 @@ NO_TEACHER_METHODS = ("ct", "ict", "ect", "sct", "staged", "staged-simultaneous"
 MEASURED_BEST = {
     "ct": ("reference-batch", 4096, "independent"),
     "ict": ("reference-batch", 4096, "independent"),
-    "ect": ("one-sample", None, "independent"),
+    "ect": ("reference-batch", 4096, "independent"),
     "sct": ("reference-batch", 4096, "independent"),
     "staged": ("reference-batch", 0, "independent"),
     "staged-simultaneous": ("reference-batch", 0, "independent"),
