@@ -9,6 +9,8 @@ import tyro
 
 Preset = Literal["gmm2d", "gaussian", "digits"]
 Method = Literal["cd", "ct", "ict", "staged", "staged-simultaneous", "staged-shared", "sct", "scd", "ect"]
+NO_TEACHER_METHODS = ("ct", "ict", "ect", "sct", "staged", "staged-simultaneous", "staged-shared")
+"""The methods that train without a teacher (they take --velocity-estimate and --coupling)."""
 
 
 @dataclasses.dataclass

@@ -43,7 +43,7 @@ from ..training import (
     staged_shared,
     StagedConsistencyTraining,
 )
-from ._config import TrainConfig
+from ._config import NO_TEACHER_METHODS, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -222,11 +222,9 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     A no-teacher method's velocity estimate, reference pool and coupling are filled in with the measured
     best, so that a resumed run keeps them when the defaults change."""
     if cfg.method in NO_TEACHER_METHODS:
-        estimate, pool, coupling = MEASURED_BEST[cfg.method]
-        estimate = cfg.velocity_estimate or estimate
-        if estimate == "reference-batch" and cfg.reference_pool is None:
-            cfg = dataclasses.replace(cfg, reference_pool=pool)
-        cfg = dataclasses.replace(cfg, velocity_estimate=estimate, coupling=cfg.coupling or coupling)
+        estimate, pool, coupling = _no_teacher_choices(cfg)
+        pool = pool if estimate == "reference-batch" else cfg.reference_pool
+        cfg = dataclasses.replace(cfg, velocity_estimate=estimate, reference_pool=pool, coupling=coupling)
     if cfg.method in ("staged", "staged-simultaneous"):
         return cfg
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, width=default_width(cfg)))
@@ -260,7 +258,6 @@ def li_schedule(cfg: TrainConfig) -> DiscreteVP:
         raise ConfigError(f"--staged.num-stages/c0/c1: {err}") from err
 
 
-NO_TEACHER_METHODS = ("ct", "ict", "ect", "sct", "staged", "staged-simultaneous", "staged-shared")
 # The measured best velocity estimate and coupling per no-teacher method on gmm2d (benchmarks/ct_quality.py,
 # docs/ct-quality.md): (velocity estimate, reference pool, coupling). OT was worse than independent noise
 # wherever it was measured. The staged stages are small networks whose step a pool would dominate, so
@@ -275,6 +272,13 @@ MEASURED_BEST = {
     "staged-simultaneous": ("reference-batch", 0, "independent"),
     "staged-shared": ("reference-batch", 4096, "independent"),
 }
+
+
+def _no_teacher_choices(cfg: TrainConfig) -> tuple[str, int | None, str]:
+    """(velocity estimate, reference pool, coupling): the flags given, the measured best for the rest."""
+    best_estimate, best_pool, best_coupling = MEASURED_BEST[cfg.method]
+    pool = cfg.reference_pool if cfg.reference_pool is not None else best_pool
+    return cfg.velocity_estimate or best_estimate, pool, cfg.coupling or best_coupling
 
 
 def no_teacher_options(cfg: TrainConfig, problem: Problem) -> dict:
@@ -296,15 +300,13 @@ def no_teacher_options(cfg: TrainConfig, problem: Problem) -> dict:
                 f"--method {cfg.method} distils from the exact flow."
             )
         return {}
-    best_estimate, best_pool, best_coupling = MEASURED_BEST[cfg.method]
-    estimate = cfg.velocity_estimate or best_estimate
-    coupling = cfg.coupling or best_coupling
+    estimate, pool, coupling = _no_teacher_choices(cfg)
     if estimate == "one-sample" and cfg.reference_pool is not None:
         raise ConfigError("--reference-pool applies to --velocity-estimate reference-batch, not one-sample.")
     if estimate == "one-sample":
         velocity_estimate = OneSample()
     else:
-        pool = cfg.reference_pool if cfg.reference_pool is not None else (best_pool or 0)
+        pool = pool or 0
         if pool < 0:
             raise ConfigError(f"--reference-pool must be >= 0 (0: the minibatch alone), got {pool}.")
         velocity_estimate = ReferenceBatch(pool, data=problem.data if pool else None)

@@ -77,6 +77,11 @@ def _fresh_pool_chunk(data: Data, key: PRNGKeyArray, num: int, dtype) -> Array:
     return jnp.asarray(data)[jr.randint(key, (num,), 0, data.shape[0])].astype(dtype)
 
 
+def _coefficients(schedule: AbstractSchedule, t: Array, dtype) -> tuple[Array, Array]:
+    """$(\alpha(t), \\sigma(t))$ per row, in `dtype`."""
+    return jax.vmap(schedule.alpha)(t).astype(dtype), jax.vmap(schedule.sigma)(t).astype(dtype)
+
+
 def _chunk_stats(x_t, a, inv_var, points, mask):
     r"""Per query row: (max logit m, $\sum_j e^{l_j - m}$, $\sum_j e^{l_j - m} p_j$) over one chunk of
     reference points, with $l_j = (a\, x_t \cdot p_j - a^2 \|p_j\|^2/2)/\sigma^2$ = $\log p_t(x_t \mid p_j)$
@@ -158,9 +163,9 @@ class ReferenceBatch(AbstractVelocityEstimate):
         self, schedule: AbstractSchedule, t: Array, x_t: Array, x0: Array, *, key: PRNGKeyArray
     ) -> Array:
         r"""$\hat x_0 = \sum_i w_i x_0^{(i)}$ for each row of `x_t` at times `t` (`x0`: the generating points)."""
-        dtype = x_t.dtype
-        a = jax.vmap(schedule.alpha)(t).astype(dtype)
-        s = jax.vmap(schedule.sigma)(t).astype(dtype)
+        return self._posterior_mean(*_coefficients(schedule, t, x_t.dtype), x_t, x0, key)
+
+    def _posterior_mean(self, a: Array, s: Array, x_t: Array, x0: Array, key: PRNGKeyArray) -> Array:
         noiseless = s == 0
         inv_var = 1.0 / jnp.where(noiseless, 1.0, s) ** 2
         num = x_t.shape[0]
@@ -210,10 +215,8 @@ class ReferenceBatch(AbstractVelocityEstimate):
 
     def estimate(self, schedule, t, x_t, x0, noise, *, key):
         x_t, x0 = jax.lax.stop_gradient((x_t, x0))
-        x0_hat = jax.lax.stop_gradient(self.posterior_mean(schedule, t, x_t, x0, key=key))
-        dtype = x_t.dtype
-        a = jax.vmap(schedule.alpha)(t).astype(dtype)
-        s = jax.vmap(schedule.sigma)(t).astype(dtype)
+        a, s = _coefficients(schedule, t, x_t.dtype)
+        x0_hat = jax.lax.stop_gradient(self._posterior_mean(a, s, x_t, x0, key))
         # z_hat = (x_t - a x0_hat)/s, written as a correction of z so that x0_hat = x0 gives z back exactly.
         ratio = jnp.where(s == 0, 0.0, a / jnp.where(s == 0, 1.0, s))
         noise_hat = noise + ratio[:, None] * (x0 - x0_hat)
