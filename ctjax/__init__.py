@@ -39,6 +39,7 @@ from ._nets import (
     SinusoidalEmbedding as SinusoidalEmbedding,
 )
 from ._sampling import sample as sample
+from ._split import holdout_split as holdout_split
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,
     DiscreteVP as DiscreteVP,

@@ -1,8 +1,11 @@
 """Standard targets used by the experiments, benchmarks and documentation."""
 
+from typing import Literal
+
 import jax.numpy as jnp
 import numpy as np
 
+from ._split import holdout_split
 from ._targets import Empirical, Gaussian, GaussianMixture
 
 
@@ -35,15 +38,37 @@ def gaussian(dim: int, condition: float = 10.0, seed: int = 0) -> Gaussian:
     return Gaussian(jnp.asarray(mean), jnp.asarray((q * eig) @ q.T))
 
 
-def digits(scale: bool = True) -> Empirical:
-    """scikit-learn's bundled 8x8 digits (1797 images, 64 dimensions) as an Empirical target.
+DIGITS_HOLDOUT = 0.2
+"""The share of the digits held out by default (`ctjax train --preset digits`, the feature network)."""
 
-    With `scale`, pixel values 0..16 are mapped to [-1, 1]. The data ship with scikit-learn
-    (no download).
-    """
+
+def digits_points(scale: bool = True) -> np.ndarray:
+    """scikit-learn's bundled 8x8 digits, (1797, 64) float64; with `scale`, 0..16 mapped to [-1, 1]."""
     from sklearn.datasets import load_digits
 
     data = np.asarray(load_digits(return_X_y=True)[0], dtype=np.float64)
-    if scale:
-        data = data / 8.0 - 1.0
+    return data / 8.0 - 1.0 if scale else data
+
+
+def digits_labels() -> np.ndarray:
+    """The class (0..9) of each image of `digits_points`."""
+    from sklearn.datasets import load_digits
+
+    return np.asarray(load_digits(return_X_y=True)[1])
+
+
+def digits(scale: bool = True, split: Literal["all", "train", "heldout"] = "all") -> Empirical:
+    """scikit-learn's bundled 8x8 digits (1797 images, 64 dimensions) as an Empirical target.
+
+    With `scale`, pixel values 0..16 are mapped to [-1, 1]. `split` "train" or "heldout" takes that
+    part of the default split, `holdout_split(1797, DIGITS_HOLDOUT, seed=0)` (1438 and 359 images): the
+    split of `ctjax train --preset digits` and of the feature network's training. The data ship with
+    scikit-learn (no download).
+    """
+    data = digits_points(scale)
+    if split != "all":
+        if split not in ("train", "heldout"):
+            raise ValueError(f"`split` must be 'all', 'train' or 'heldout', got {split!r}.")
+        train, heldout = holdout_split(data.shape[0], DIGITS_HOLDOUT, seed=0)
+        data = data[train if split == "train" else heldout]
     return Empirical(jnp.asarray(data))
