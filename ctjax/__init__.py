@@ -39,7 +39,6 @@ from ._nets import (
     SinusoidalEmbedding as SinusoidalEmbedding,
 )
 from ._sampling import sample as sample
-from ._split import holdout_split as holdout_split
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,
     DiscreteVP as DiscreteVP,
@@ -49,6 +48,7 @@ from ._schedules import (
     VarianceExploding as VarianceExploding,
     VariancePreserving as VariancePreserving,
 )
+from ._split import holdout_split as holdout_split
 from ._targets import (
     AbstractTarget as AbstractTarget,
     Empirical as Empirical,

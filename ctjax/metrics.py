@@ -157,12 +157,12 @@ def gaussian_w2(mean1: ArrayLike, cov1: ArrayLike, mean2: ArrayLike, cov2: Array
     return float(out) if on_host else jnp.asarray(out)
 
 
-from ._evaluation import map_error as map_error  # noqa: E402  (learned map vs the exact flow)
 from ._digits_features import (  # noqa: E402  (FID's analogue on the digits preset)
     digits_confidence as digits_confidence,
     digits_features as digits_features,
     digits_frechet_distance as digits_frechet_distance,
 )
+from ._evaluation import map_error as map_error  # noqa: E402  (learned map vs the exact flow)
 from ._generative_metrics import (  # noqa: E402
     frechet_distance as frechet_distance,
     memorised_fraction as memorised_fraction,
