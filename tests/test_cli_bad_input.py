@@ -109,7 +109,7 @@ def test_data_scale_limit_in_float32(tmp_path, float32):
     """The largest magnitude float32 training accepts is max**(1/4) = 2**32 (fourth powers stay finite)."""
     assert setup.scale_limits(np.float32)[1] == pytest.approx(2.0**32, rel=1e-6)
     path, points = _cloud(tmp_path, 1.0, offset=0.99 * 2.0**32)
-    problem = setup.build_problem(TrainConfig(data=path))
+    problem = setup.build_problem(TrainConfig(data=path, holdout=0.0))
     assert problem.sigma_data == pytest.approx(np.sqrt(np.mean(np.var(points, axis=0))), rel=1e-12)
     path, _ = _cloud(tmp_path, 1.0, offset=1.01 * 2.0**32)
     with pytest.raises(setup.ConfigError, match="too large for float32 training"):
@@ -180,6 +180,7 @@ def test_batch_larger_than_the_data_is_one_warning_line(tmp_path, capsys, monkey
         cli.main(_train("--data", str(path), out=tmp_path / "run"))
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == [
-        "ctjax: warning: `batch_size` (32) is larger than the data set (10 points): each batch repeats points "
+        # 8 of the 10 points: the default --holdout keeps 2 for evaluation.
+        "ctjax: warning: `batch_size` (32) is larger than the data set (8 points): each batch repeats points "
         "(batches are drawn with replacement)."
     ]

@@ -1,5 +1,6 @@
 """What the command line does: train (with checkpoints and resume), evaluate, sample, plot."""
 
+import io
 import json
 import os
 import pathlib
@@ -15,6 +16,7 @@ from .._consistency import ExactConsistencyFunction
 from .._sampling import sample as sample_model
 from .._schedules import DiscreteVP
 from ..training import fit
+from . import _heldout as heldout_eval
 from ._checkpoint import (
     _atomic_write,
     CHECKPOINT,
@@ -41,8 +43,9 @@ from ._setup import (
 
 CONFIG = "config.json"
 EVAL = "eval.json"
+SPLIT = "split.npz"
 # Every file the run directory's writers create through a temporary file.
-_WRITTEN = (CONFIG, CHECKPOINT, EVAL, LEGACY_STATE, LEGACY_META, LEGACY_HISTORY)
+_WRITTEN = (CONFIG, CHECKPOINT, EVAL, SPLIT, LEGACY_STATE, LEGACY_META, LEGACY_HISTORY)
 
 
 class TrainingDiverged(RuntimeError):
@@ -117,6 +120,24 @@ def _read_config(run_dir: pathlib.Path) -> TrainConfig:
         raise ConfigError(f"{run_dir / CONFIG} is corrupt or not a ctjax run configuration ({err}).") from err
 
 
+def _saved_split(run_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (train, held-out) indices a run saved, or None (no split, or a run older than splits)."""
+    path = run_dir / SPLIT
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return np.asarray(f["train"], np.int64), np.asarray(f["heldout"], np.int64)
+    except Exception as err:
+        raise ConfigError(f"{path} is corrupt ({err}); it holds the run's held-out split.") from err
+
+
+def _save_split(run_dir: pathlib.Path, split: tuple[np.ndarray, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, train=split[0], heldout=split[1])
+    _atomic_write(run_dir / SPLIT, buffer.getvalue())
+
+
 def load_run(run_dir: pathlib.Path | str):
     """(config, problem, trainer, state) of a saved run, from its config and last checkpoint."""
     return _load_run(run_dir)[:4]
@@ -131,7 +152,7 @@ def _load_run(run_dir: pathlib.Path | str):
     if cfg.x64:
         jax.config.update("jax_enable_x64", True)
     with options_named(cfg):
-        problem = build_problem(cfg)
+        problem = build_problem(cfg, _saved_split(run_dir))
         trainer, model, _ = build_method(cfg, problem)
         state = trainer.init(model, key=jr.key(cfg.seed))
     state, _, history = load_checkpoint(run_dir, state)
@@ -169,7 +190,7 @@ def train(cfg: TrainConfig) -> pathlib.Path:
     if cfg.x64:
         jax.config.update("jax_enable_x64", True)
     with options_named(cfg):
-        problem = build_problem(cfg)
+        problem = build_problem(cfg, _saved_split(run_dir) if cfg.resume is not None else None)
         cfg = resolve_defaults(cfg)
         trainer, model, total = build_method(cfg, problem)
         mesh = build_mesh(cfg.devices, cfg.batch_size)
@@ -186,6 +207,8 @@ def train(cfg: TrainConfig) -> pathlib.Path:
             print(f"resuming {run_dir} at step {int(state.step)} of {total}")
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(run_dir / CONFIG, json.dumps(to_json(cfg), indent=2).encode())
+    if problem.split is not None:
+        _save_split(run_dir, problem.split)
 
     saved_step = int(state.step)
     last = {"state": state}
@@ -290,6 +313,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         )
     errs = metrics.map_error(model, target, ts, num_points=cfg.map_error_points, key=jr.key(50_000))
     result["map_error"] = {f"{float(t):.4g}": float(e) for t, e in zip(ts, errs)}
+    if problem.heldout is not None:
+        result["heldout"] = _evaluate_heldout(model, exact, problem, cfg, sd)
     path = pathlib.Path(cfg.run) / EVAL
     _atomic_write(path, json.dumps(result, indent=2).encode())
     floor = result["w1_floor"]
@@ -300,7 +325,39 @@ def evaluate(cfg: EvalConfig) -> dict:
         w = result[f"w1_{steps}step"]
         print(f"  W1 {steps}-step samples       {w:.4f}   ({w / floor:.2f}x floor)")
     print("  map_error per t: " + ", ".join(f"t={k}: {v:.3g}" for k, v in result["map_error"].items()))
+    if "heldout" in result:
+        print("\n".join(heldout_eval.format_table(result["heldout"])))
     return result
+
+
+def _evaluate_heldout(model, exact, problem, cfg: EvalConfig, sigma_data: float) -> dict:
+    """The held-out metrics of `heldout_eval` for the exact flow of the train split (the memorising
+    ground truth) and each sampling step count, beside their floors."""
+    train, heldout = np.asarray(problem.target.points), np.asarray(problem.heldout)
+    num = min(cfg.num, train.shape[0])
+    out: dict = {
+        "num_points": num,
+        "num_heldout": int(heldout.shape[0]),
+        "num_train": int(train.shape[0]),
+        "features": problem.features,
+        "repeats": heldout_eval.HELDOUT_REPEATS,
+        "floor": heldout_eval.floor_metrics(train, heldout, num, problem.features),
+    }
+    exact_samples = np.asarray(sample_model(exact, num, key=jr.key(60_000)))
+    out["exact_ode"] = heldout_eval.sample_metrics(exact_samples, train, heldout, problem.features)
+    for steps in cfg.steps:
+        times = sampling_times(model.schedule, steps, sigma_data)
+        rows = [
+            heldout_eval.sample_metrics(
+                np.asarray(sample_model(model, num, times=times, key=jr.key(70_000 + r))),
+                train,
+                heldout,
+                problem.features,
+            )
+            for r in range(heldout_eval.HELDOUT_REPEATS)
+        ]
+        out[f"{steps}step"] = heldout_eval.mean_metrics(rows)
+    return out
 
 
 def sample(cfg: SampleConfig) -> pathlib.Path:

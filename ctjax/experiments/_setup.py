@@ -22,6 +22,7 @@ from .._consistency import (
 from .._custom_types import Data
 from .._nets import ConvNet, MLP
 from .._schedules import AbstractSchedule, DiscreteVP, TrigFlow, VarianceExploding
+from .._split import holdout_split
 from .._targets import AbstractTarget, Empirical, GaussianMixture
 from ..training import (
     AbstractTrainer,
@@ -57,6 +58,10 @@ class Problem:
     data: Data  # what fit() samples from: the target itself or an (N, d) array
     sigma_data: float
     image_shape: tuple[int, int, int] | None = None
+    # A data set's held-out split: the points training never sees, and the indices of both parts.
+    heldout: np.ndarray | None = None
+    split: tuple[np.ndarray, np.ndarray] | None = None
+    features: str | None = None  # "digits": the feature network of ctjax.metrics applies
 
     @property
     def dim(self) -> int:
@@ -159,15 +164,40 @@ def _check_scale(cfg: TrainConfig, option: str, magnitude: float, sigma: float) 
         )
 
 
-def build_problem(cfg: TrainConfig) -> Problem:
+def _split_data(
+    cfg: TrainConfig, points: np.ndarray, option: str, split: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+    """(train points, held-out points or None, (train, held-out) indices or None): the saved `split`
+    of a run, else `--holdout` of the points by `--split-seed`."""
+    if split is None:
+        if cfg.holdout == 0:
+            return points, None, None
+        try:
+            split = holdout_split(points.shape[0], cfg.holdout, seed=cfg.split_seed)
+        except ValueError as err:
+            raise ConfigError(f"--holdout {cfg.holdout} / --split-seed {cfg.split_seed} of {option}: {err}") from err
+    train, heldout = split
+    if max(train.max(initial=-1), heldout.max(initial=-1)) >= points.shape[0]:
+        raise ConfigError(
+            f"the run's saved split (split.npz) indexes {max(train.max(), heldout.max()) + 1} or more points, but "
+            f"{option} has {points.shape[0]}: the data changed since the run was trained; restore the data file."
+        )
+    return points[train], points[heldout] if heldout.size else None, (train, heldout)
+
+
+def build_problem(cfg: TrainConfig, split: tuple[np.ndarray, np.ndarray] | None = None) -> Problem:
+    """The problem `cfg` names; for a data set (--data, the digits preset) the train split is the
+    target and the data, with `split` (a run's saved indices) or --holdout's split."""
     if cfg.data is not None and cfg.target is not None:
         raise ConfigError("Pass --data or --target, not both.")
     if cfg.data is not None:
         points = _load_points(cfg.data)
         sigma = float(np.sqrt(np.mean(np.var(points, axis=0))))
         _check_scale(cfg, f"--data {cfg.data}", float(np.max(np.abs(points))), sigma)
+        points, heldout, split = _split_data(cfg, points, f"--data {cfg.data}", split)
+        sigma = float(np.sqrt(np.mean(np.var(points, axis=0))))
         target = Empirical(jnp.asarray(points))
-        return Problem(cfg.data.stem, target, jnp.asarray(points), sigma)
+        return Problem(cfg.data.stem, target, jnp.asarray(points), sigma, heldout=heldout, split=split)
     if cfg.target is not None:
         target = _load_mixture(cfg.target)
         # The scale in float64 (float32 squares of a far mixture overflow): the largest magnitude of
@@ -186,9 +216,19 @@ def build_problem(cfg: TrainConfig) -> Problem:
             raise ConfigError(f"--dim must be at least 1, got {cfg.dim}.")
         target = presets.gaussian(cfg.dim)
     elif cfg.preset == "digits":
-        target = presets.digits()
+        points, heldout, split = _split_data(cfg, presets.digits_points(), "--preset digits", split)
+        target = Empirical(jnp.asarray(points))
         sigma = float(jnp.sqrt(jnp.trace(target.covariance()) / target.dim))
-        return Problem("digits", target, target.points, sigma, image_shape=(1, 8, 8))
+        return Problem(
+            "digits",
+            target,
+            target.points,
+            sigma,
+            image_shape=(1, 8, 8),
+            heldout=heldout,
+            split=split,
+            features="digits",
+        )
     else:  # tyro validates the Literal; direct API callers get a clear message too
         raise ConfigError(f"Unknown --preset {cfg.preset!r}; choose gmm2d, gaussian or digits.")
     sigma = float(jnp.sqrt(jnp.trace(target.covariance()) / target.dim))
