@@ -249,7 +249,7 @@ def table(data) -> list[str]:
             rows = groups.get((method, variant))
             if not rows:
                 continue
-            med = lambda s: {k: _median(rows, s, k) for k in ("fd", "w1", "precision", "recall", "memorised")}
+            med = lambda s, rows=rows: {k: _median(rows, s, k) for k in ("fd", "w1", "precision", "recall", "memorised")}
             cpu = float(np.median([r["cpu_seconds"] for r in rows]))
             lines.append(
                 f"| {method} | {rows[0]['config']} | {len(rows)} | {cpu:.0f} | " + " | ".join(cells(med)) + " |"

@@ -13,7 +13,7 @@ def sample_metrics(samples: np.ndarray, train: np.ndarray, heldout: np.ndarray, 
     """W1, Fréchet distance (in the feature network's space where there is one, and in data space),
     precision and recall against `heldout`, and the memorised fraction against `train`."""
     data_pr = metrics.precision_recall(samples, heldout)
-    out = {
+    out: dict[str, float | None] = {
         "w1": metrics.wasserstein1(samples, heldout),
         "fd_data": metrics.frechet_distance(samples, heldout),
         "precision_data": data_pr.precision,
