@@ -98,3 +98,25 @@ def test_changed_data_file_is_named(tmp_path, capsys):
     np.save(tmp_path / "pts.npy", _clusters(40))
     code, _, err = _run(["eval", str(run)], capsys)
     assert code == 2 and "the data changed" in err
+
+
+def test_default_method_is_chosen_by_the_kind_of_target(tmp_path):
+    """Data sets default to sCT with the one-sample velocity (the lowest held-out FD on digits,
+    docs/digits.md); analytic targets to sCD; the estimator defaults follow the digits study there."""
+    np.save(tmp_path / "pts.npy", _clusters())
+    np.savez(tmp_path / "mix.npz", weights=np.array([1.0]), means=np.zeros((1, 2)), covs=np.eye(2)[None])
+    for options, method in [
+        ({"preset": "digits"}, "sct"),
+        ({"data": tmp_path / "pts.npy"}, "sct"),
+        ({"preset": "gmm2d"}, "scd"),
+        ({"preset": "gaussian"}, "scd"),
+        ({"target": tmp_path / "mix.npz"}, "scd"),
+    ]:
+        cfg = setup.resolve_defaults(TrainConfig(**options))
+        assert cfg.method == method, options
+    digits = setup.resolve_defaults(TrainConfig(preset="digits"))
+    assert (digits.velocity_estimate, digits.reference_pool) == ("one-sample", None)
+    ect = setup.resolve_defaults(TrainConfig(preset="digits", method="ect"))
+    assert (ect.velocity_estimate, ect.reference_pool) == setup.MEASURED_BEST_DATA["ect"][:2]
+    gmm = setup.resolve_defaults(TrainConfig(preset="gmm2d", method="sct"))
+    assert (gmm.velocity_estimate, gmm.reference_pool) == setup.MEASURED_BEST["sct"][:2]

@@ -37,6 +37,7 @@ from ._setup import (
     ConfigError,
     options_named,
     resolve_defaults,
+    resolve_method,
     sampling_times,
 )
 
@@ -179,6 +180,7 @@ def train(cfg: TrainConfig) -> pathlib.Path:
             }
         )
     else:
+        cfg = resolve_method(cfg)
         run_dir = cfg.out or _default_out(cfg)
         _check_run_dir(run_dir, given=cfg.out is not None)
         if checkpoint_path(run_dir) is not None:
