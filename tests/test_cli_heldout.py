@@ -56,7 +56,9 @@ def test_data_split_saved_and_evaluated_against_heldout(tmp_path, capsys):
 
 def test_reference_pool_sees_the_train_split_only(tmp_path):
     np.save(tmp_path / "pts.npy", _clusters())
-    cfg = setup.resolve_defaults(TrainConfig(data=tmp_path / "pts.npy", method="ct"))
+    cfg = setup.resolve_defaults(
+        TrainConfig(data=tmp_path / "pts.npy", method="ct", velocity_estimate="reference-batch", reference_pool=4096)
+    )
     problem = setup.build_problem(cfg)
     trainer, _, _ = setup.build_method(cfg, problem)
     assert trainer.velocity_estimate.data.shape == (64, 2)  # 80 points, 16 held out
