@@ -103,7 +103,9 @@ def test_non_finite_with_data_far_from_unit_scale(diverging, tmp_path, capsys):
     points = np.random.default_rng(0).normal(size=(64, 2)) * np.array([3e3, 1e3])
     np.save(tmp_path / "wide.npy", points)
     sigma = np.sqrt(np.mean(np.var(points, axis=0)))
-    argv = ["train", "--data", str(tmp_path / "wide.npy"), *CHUNKS, "--out", str(tmp_path / "run"), *TINY]
+    # --holdout 0: sigma_data is then that of every point (a held-out split would take it from the train part).
+    argv = ["train", "--data", str(tmp_path / "wide.npy"), "--holdout", "0", *CHUNKS, "--out", str(tmp_path / "run")]
+    argv += TINY
     line = _train_error(argv, capsys)
     assert "at step 2: the loss is nan" in line and "lower --optim.lr" in line
     assert f"The data scale sigma_data = {sigma:.3g} (--data {tmp_path / 'wide.npy'}) is far from 1" in line
