@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import scipy.special
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._generative_metrics import frechet_distance
@@ -66,10 +67,12 @@ def _digits_batch(x: ArrayLike, name: str) -> np.ndarray:
 
 @eqx.filter_jit
 def _apply(net: DigitsClassifier, x: Array) -> tuple[Array, Array]:
-    return jax.vmap(net.features)(x), jax.vmap(net)(x)
+    features = jax.vmap(net.features)(x)
+    return features, jax.vmap(net.layers[2])(features)
 
 
-def _outputs(x: ArrayLike, name: str) -> tuple[np.ndarray, np.ndarray]:
+def digits_outputs(x: ArrayLike, name: str = "x") -> tuple[np.ndarray, np.ndarray]:
+    """(penultimate features, logits) of digits `x` (n, 64), float64: one pass of the classifier."""
     arr = _digits_batch(x, name)
     features, logits = _apply(digits_classifier(), jnp.asarray(arr, jnp.float32))
     return np.asarray(features, np.float64), np.asarray(logits, np.float64)
@@ -77,24 +80,26 @@ def _outputs(x: ArrayLike, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def digits_features(x: ArrayLike) -> np.ndarray:
     """The classifier's penultimate features, (n, 64) float64, of digits `x` (n, 64) in [-1, 1]."""
-    return _outputs(x, "x")[0]
+    return digits_outputs(x)[0]
 
 
 def digits_predict(x: ArrayLike) -> np.ndarray:
     """The classifier's class (0..9) of each digit of `x` (n, 64) in [-1, 1]."""
-    return np.argmax(_outputs(x, "x")[1], axis=1)
+    return np.argmax(digits_outputs(x)[1], axis=1)
 
 
 def digits_confidence(x: ArrayLike) -> float:
     """The classifier's mean top-class probability on `x` (n, 64): near 1 on real digits, lower on
     blurred or ambiguous samples."""
-    logits = _outputs(x, "x")[1]
-    logits = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits) / np.sum(np.exp(logits), axis=1, keepdims=True)
-    return float(np.mean(np.max(probs, axis=1)))
+    return confidence_of(digits_outputs(x)[1])
+
+
+def confidence_of(logits: np.ndarray) -> float:
+    """The mean top-class probability of (n, 10) logits."""
+    return float(np.mean(np.max(scipy.special.softmax(logits, axis=1), axis=1)))
 
 
 def digits_frechet_distance(x: ArrayLike, y: ArrayLike) -> float:
     """`frechet_distance` of the digits classifier's penultimate features of `x` and `y`, each (n, 64)
     in the digits preset's [-1, 1] scaling (at least two points each)."""
-    return frechet_distance(_outputs(x, "x")[0], _outputs(y, "y")[0])
+    return frechet_distance(digits_outputs(x)[0], digits_outputs(y, "y")[0])

@@ -3,6 +3,7 @@
 import numpy as np
 
 from .. import metrics
+from .._digits_features import confidence_of, digits_outputs
 
 
 # Sample sets whose metrics are averaged over this many draws (the floor's train subsample included).
@@ -24,13 +25,14 @@ def sample_metrics(samples: np.ndarray, train: np.ndarray, heldout: np.ndarray, 
         if np.max(np.abs(samples)) > 4.0:  # far outside [-1, 1]: the classifier's features mean nothing
             out.update(fd=None, precision=None, recall=None, confidence=None)
             return out
-        f_samples, f_heldout = metrics.digits_features(samples), metrics.digits_features(heldout)
+        f_samples, logits = digits_outputs(samples, "samples")
+        f_heldout = digits_outputs(heldout, "heldout")[0]
         feature_pr = metrics.precision_recall(f_samples, f_heldout)
         out.update(
             fd=metrics.frechet_distance(f_samples, f_heldout),
             precision=feature_pr.precision,
             recall=feature_pr.recall,
-            confidence=metrics.digits_confidence(samples),
+            confidence=confidence_of(logits),
         )
     else:
         out.update(fd=out["fd_data"], precision=out["precision_data"], recall=out["recall_data"])

@@ -295,7 +295,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     result: dict = {"run": str(cfg.run), "num_points": n, "repeats": reps, "step": int(state.step)}
     result["w1_floor"] = _w1(lambda r: np.asarray(target.sample(jr.key(20_000 + r), n)), refs)
     exact = ExactConsistencyFunction(target, schedule, rtol=1e-6, atol=1e-6)
-    result["w1_exact_ode"] = _w1(lambda r: np.asarray(sample_model(exact, n, key=jr.key(30_000 + r))), refs[:2])
+    exact_draws = [np.asarray(sample_model(exact, n, key=jr.key(30_000 + r))) for r in range(2)]
+    result["w1_exact_ode"] = _w1(lambda r: exact_draws[r], refs[:2])
     sd = train_cfg.model.sigma_data or problem.sigma_data
     for steps in cfg.steps:
         times = sampling_times(schedule, steps, sd)
@@ -316,7 +317,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     errs = metrics.map_error(model, target, ts, num_points=cfg.map_error_points, key=jr.key(50_000))
     result["map_error"] = {f"{float(t):.4g}": float(e) for t, e in zip(ts, errs)}
     if problem.heldout is not None:
-        result["heldout"] = _evaluate_heldout(model, exact, problem, cfg, sd)
+        result["heldout"] = _evaluate_heldout(model, exact_draws[0], problem, cfg, sd)
     path = pathlib.Path(cfg.run) / EVAL
     _atomic_write(path, json.dumps(result, indent=2).encode())
     floor = result["w1_floor"]
@@ -332,9 +333,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     return result
 
 
-def _evaluate_heldout(model, exact, problem, cfg: EvalConfig, sigma_data: float) -> dict:
-    """The held-out metrics of `heldout_eval` for the exact flow of the train split (the memorising
-    ground truth) and each sampling step count, beside their floors."""
+def _evaluate_heldout(model, exact_samples: np.ndarray, problem, cfg: EvalConfig, sigma_data: float) -> dict:
+    """The held-out metrics of `heldout_eval` for samples of the exact flow of the train split (the
+    memorising ground truth; the first `num` of `exact_samples`) and each sampling step count, beside
+    their floors."""
     train, heldout = np.asarray(problem.target.points), np.asarray(problem.heldout)
     num = min(cfg.num, train.shape[0])
     out: dict = {
@@ -345,8 +347,7 @@ def _evaluate_heldout(model, exact, problem, cfg: EvalConfig, sigma_data: float)
         "repeats": heldout_eval.HELDOUT_REPEATS,
         "floor": heldout_eval.floor_metrics(train, heldout, num, problem.features),
     }
-    exact_samples = np.asarray(sample_model(exact, num, key=jr.key(60_000)))
-    out["exact_ode"] = heldout_eval.sample_metrics(exact_samples, train, heldout, problem.features)
+    out["exact_ode"] = heldout_eval.sample_metrics(exact_samples[:num], train, heldout, problem.features)
     for steps in cfg.steps:
         times = sampling_times(model.schedule, steps, sigma_data)
         rows = [
