@@ -20,6 +20,12 @@ from ._flow import (
     score as score,
     velocity as velocity,
 )
+from ._flow_maps import (
+    AbstractFlowMap as AbstractFlowMap,
+    ConsistencySlice as ConsistencySlice,
+    ExactFlowMap as ExactFlowMap,
+    FlowMap as FlowMap,
+)
 from ._losses import (
     AbstractDistance as AbstractDistance,
     AbstractWeighting as AbstractWeighting,
@@ -38,6 +44,7 @@ from ._nets import (
     MLP as MLP,
     SinusoidalEmbedding as SinusoidalEmbedding,
 )
+from ._nets.two_time import AbstractTwoTimeNetwork as AbstractTwoTimeNetwork, TwoTimeMLP as TwoTimeMLP
 from ._sampling import sample as sample
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,

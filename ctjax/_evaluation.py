@@ -8,6 +8,7 @@ import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray
 
 from ._consistency import AbstractConsistencyModel, ExactConsistencyFunction
+from ._flow_maps import AbstractFlowMap, ConsistencySlice
 from ._misc import as_float_array
 from ._targets import AbstractTarget
 
@@ -30,7 +31,7 @@ _map_error_jit = eqx.filter_jit(_map_error_at)
 
 
 def map_error(
-    model: AbstractConsistencyModel,
+    model: AbstractConsistencyModel | AbstractFlowMap,
     target: AbstractTarget,
     times: ArrayLike,
     *,
@@ -42,11 +43,14 @@ def map_error(
 ) -> np.ndarray:
     r"""RMS distance between the learned $f(t, x)$ and the exact $\Phi_{t \to t_{min}}(x)$,
     $\sqrt{E\|f(t, X_t) - \Phi_{t \to t_{min}}(X_t)\|^2}$ with $X_t$ drawn from the true marginal
-    at $t$ ($\alpha x_0 + \sigma z$), for each `t` in `times`. The exact map is the Gaussian closed
+    at $t$ ($\alpha x_0 + \sigma z$), for each `t` in `times`. A flow map is measured through its
+    slice $X(t, t_{min}, \cdot)$; `flow_map_error` measures every other jump. The exact map is the Gaussian closed
     form or a Diffrax solve at tolerances `rtol`, `atol`.
 
     **Returns:** a NumPy array with one RMS error per time.
     """
+    if isinstance(model, AbstractFlowMap):
+        model = ConsistencySlice(model)
     times = as_float_array(times, "times")
     if times.ndim != 1:
         raise ValueError(f"`times` must be a 1-D array of times, got shape {times.shape}.")

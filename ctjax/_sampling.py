@@ -8,10 +8,11 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._consistency import AbstractConsistencyModel
 from ._custom_types import DTypeLike
+from ._flow_maps import AbstractFlowMap
 from ._misc import as_float_array, check_value, diff, is_concrete
 
 
-def _check_times(model: AbstractConsistencyModel, times: ArrayLike | None) -> Array:
+def _check_times(model: AbstractConsistencyModel | AbstractFlowMap, times: ArrayLike | None) -> Array:
     schedule = model.schedule
     if times is None:
         return jnp.asarray([schedule.t_max], dtype=jnp.result_type(float))
@@ -47,8 +48,20 @@ def _sample(model, times, num: int, key, dtype):
     return x
 
 
+@eqx.filter_jit
+def _sample_flow_map(flow_map, times, num: int, key, dtype):
+    schedule = flow_map.schedule
+    t0 = times[0].astype(dtype)
+    x = schedule.sigma(t0).astype(dtype) * jr.normal(key, (num, flow_map.dim), dtype)
+    ends = jnp.concatenate([times[1:], jnp.asarray([schedule.t_min], times.dtype)]).astype(dtype)
+    starts = times.astype(dtype)
+    for j in range(times.shape[0]):
+        x = jax.vmap(flow_map, in_axes=(None, None, 0))(starts[j], ends[j], x)
+    return x
+
+
 def sample(
-    model: AbstractConsistencyModel,
+    model: AbstractConsistencyModel | AbstractFlowMap,
     num: int,
     *,
     times: ArrayLike | None = None,
@@ -61,9 +74,13 @@ def sample(
     $\tau$: $x \leftarrow f(\tau,\ \tfrac{\alpha(\tau)}{\alpha_{min}} x + \sqrt{\sigma(\tau)^2 - (\alpha(\tau)\sigma_{min}/\alpha_{min})^2}\, z)$,
     which puts $x$ back on the marginal at $\tau$ if $f$ is exact.
 
+    A flow map $X(s, t, x)$ (`AbstractFlowMap`) is sampled as a deterministic chain, with no re-noising:
+    $x = \sigma(\tau_0) z$, then $x \leftarrow X(\tau_k, \tau_{k+1}, x)$ along the times and a last jump
+    to $t_{min}$; for the exact flow map every grid gives the same sample.
+
     **Arguments:**
 
-    - `model`: a consistency model (learned, staged or exact).
+    - `model`: a consistency model (learned, staged or exact) or a flow map.
     - `num`: number of samples.
     - `times`: strictly decreasing times $\tau_0 > \tau_1 > \dots$ in $(t_{min}, t_{max}]$; default
       `(t_max,)`, one step.
@@ -80,4 +97,6 @@ def sample(
         floating = False
     if not floating:
         raise TypeError(f"`dtype` must be a floating dtype such as jnp.float32, got {dtype!r}.")
+    if isinstance(model, AbstractFlowMap):
+        return _sample_flow_map(model, times, int(num), key, dtype)
     return _sample(model, times, int(num), key, dtype)

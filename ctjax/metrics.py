@@ -163,6 +163,10 @@ from ._digits_features import (  # noqa: E402  (FID's analogue on the digits pre
     digits_frechet_distance as digits_frechet_distance,
 )
 from ._evaluation import map_error as map_error  # noqa: E402  (learned map vs the exact flow)
+from ._flow_map_evaluation import (  # noqa: E402  (learned flow maps vs the exact flow)
+    flow_map_error as flow_map_error,
+    semigroup_defect as semigroup_defect,
+)
 from ._generative_metrics import (  # noqa: E402
     frechet_distance as frechet_distance,
     memorised_fraction as memorised_fraction,
