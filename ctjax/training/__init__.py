@@ -34,6 +34,8 @@ from ._diffusion import (
 )
 from ._ect import ect as ect, ECTTrainer as ECTTrainer
 from ._fit import DATA_AXIS as DATA_AXIS, fit as fit
+from ._flow_map_distillation import FlowMapDistillationTrainer as FlowMapDistillationTrainer
+from ._flow_map_draw import time_pairs as time_pairs
 from ._grids import (
     AbstractGrid as AbstractGrid,
     FixedGrid as FixedGrid,
@@ -45,6 +47,7 @@ from ._index_sampling import (
     DiscreteLogNormal as DiscreteLogNormal,
     UniformIndex as UniformIndex,
 )
+from ._meanflow import adaptive_weights as adaptive_weights, meanflow as meanflow, MeanFlowTrainer as MeanFlowTrainer
 from ._pairing import (
     AbstractPairing as AbstractPairing,
     CoupledNoise as CoupledNoise,
