@@ -8,8 +8,35 @@ import tyro
 
 
 Preset = Literal["gmm2d", "gaussian", "digits"]
-Method = Literal["cd", "ct", "ict", "staged", "staged-simultaneous", "staged-shared", "sct", "scd", "ect"]
-NO_TEACHER_METHODS = ("ct", "ict", "ect", "sct", "staged", "staged-simultaneous", "staged-shared")
+Method = Literal[
+    "cd",
+    "ct",
+    "ict",
+    "staged",
+    "staged-simultaneous",
+    "staged-shared",
+    "sct",
+    "scd",
+    "ect",
+    "meanflow",
+    "flow-map-lsd",
+    "flow-map-esd",
+    "flow-map-distill",
+]
+FLOW_MAP_METHODS = ("meanflow", "flow-map-lsd", "flow-map-esd", "flow-map-distill")
+"""The methods that learn a two-time flow map X(s, t, x) rather than a consistency function."""
+NO_TEACHER_METHODS = (
+    "ct",
+    "ict",
+    "ect",
+    "sct",
+    "staged",
+    "staged-simultaneous",
+    "staged-shared",
+    "meanflow",
+    "flow-map-lsd",
+    "flow-map-esd",
+)
 """The methods that train without a teacher (they take --velocity-estimate and --coupling)."""
 
 
@@ -141,6 +168,28 @@ class ECTConfig:
 
 
 @dataclasses.dataclass
+class FlowMapConfig:
+    """Two-time flow maps X(s, t, x) = x + (t - s) u(s, t, x) on the linear interpolant: meanflow (Geng et
+    al.'s MeanFlow, no teacher), flow-map-lsd / flow-map-esd (Boffi et al.'s Lagrangian / Eulerian
+    self-distillation, no teacher), flow-map-distill (distillation from the exact velocity, --flowmap.mode)."""
+
+    p_mean: float = -0.4
+    """Both times have log-normal noise level t/(1 - t): MeanFlow's logit-normal (-0.4, 1.0)."""
+    p_std: float = 1.0
+    ratio: float = 0.25
+    """meanflow: the fraction of pairs with s != t (MeanFlow: 0.25)."""
+    weighting_power: float = 1.0
+    """Adaptive weight 1/(|residual|^2 + eps)^p (MeanFlow: p = 1; 0: the plain squared loss)."""
+    weighting_eps: float = 1e-3
+    distillation_weight: float = 1.0
+    """flow-map-lsd/esd/distill: weight of the map term beside the diagonal's flow matching."""
+    mode: Literal["lagrangian", "eulerian"] = "lagrangian"
+    """flow-map-distill: the Lagrangian or Eulerian residual."""
+    time_scale: float = 1.0
+    """The network sees time_scale * t for t in [0, 1]."""
+
+
+@dataclasses.dataclass
 class TrainConfig:
     """Train a consistency model, then evaluate it against the exact flow and plot it."""
 
@@ -203,6 +252,7 @@ class TrainConfig:
     staged: StagedConfig = dataclasses.field(default_factory=StagedConfig)
     scm: SCMConfig = dataclasses.field(default_factory=SCMConfig)
     ect: ECTConfig = dataclasses.field(default_factory=ECTConfig)
+    flowmap: FlowMapConfig = dataclasses.field(default_factory=FlowMapConfig)
 
 
 @dataclasses.dataclass
@@ -273,6 +323,7 @@ def train_config_from_json(data: dict) -> TrainConfig:
         "staged": StagedConfig,
         "scm": SCMConfig,
         "ect": ECTConfig,
+        "flowmap": FlowMapConfig,
     }
     kwargs = {}
     if "velocity_estimate" not in data and data.get("method") in NO_TEACHER_METHODS:

@@ -14,8 +14,14 @@ import numpy as np
 
 from .._consistency import AbstractConsistencyModel, ExactConsistencyFunction
 from .._flow import flow_map
+from .._flow_maps import AbstractFlowMap, ConsistencySlice
 from .._sampling import sample as sample_model
-from ._setup import Problem, sampling_times
+from ._setup import model_sampling_times, Problem
+
+
+def _to_data_end(model):
+    """The model's one-step map f(t, x) to the data end (a flow map's slice X(t, t_min, x))."""
+    return ConsistencySlice(model) if isinstance(model, AbstractFlowMap) else model
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
@@ -67,7 +73,7 @@ def _density_grid(problem: Problem, model, lim: float, res: int = 160):
 
 def samples_2d(problem, model, sigma_data, path, num) -> pathlib.Path:
     one = np.asarray(sample_model(model, num, key=jr.key(1)))
-    two = np.asarray(sample_model(model, num, times=sampling_times(model.schedule, 2, sigma_data), key=jr.key(2)))
+    two = np.asarray(sample_model(model, num, times=model_sampling_times(model, 2, sigma_data), key=jr.key(2)))
     data = np.asarray(problem.target.sample(jr.key(3), num))
     lim = float(np.percentile(np.abs(data), 99.5)) * 1.3
     xs, logp = _density_grid(problem, model, lim)
@@ -100,7 +106,8 @@ def trajectories_2d(problem, model, path, num_paths: int = 24) -> pathlib.Path:
         )
     )
     paths = np.asarray(path_fn(start)) / np.asarray(scale)[None, :, None]
-    learned = np.asarray(jax.vmap(lambda x: model(t_max, x))(start)) / float(scale[-1])
+    jump = _to_data_end(model)
+    learned = np.asarray(jax.vmap(lambda x: jump(t_max, x))(start)) / float(scale[-1])
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     for p in paths:
         ax.plot(p[:, 0], p[:, 1], color="0.6", lw=0.8)
@@ -117,8 +124,9 @@ def trajectories_2d(problem, model, path, num_paths: int = 24) -> pathlib.Path:
 def digits_grid(problem, model, sigma_data, path, num: int = 10) -> pathlib.Path:
     schedule = model.schedule
     noise = schedule.sigma(schedule.t_max) * jr.normal(jr.key(5), (num, problem.dim))
-    one = np.asarray(jax.vmap(lambda x: model(schedule.t_max, x))(noise))
-    two = np.asarray(sample_model(model, num, times=sampling_times(schedule, 2, sigma_data), key=jr.key(6)))
+    jump = _to_data_end(model)
+    one = np.asarray(jax.vmap(lambda x: jump(schedule.t_max, x))(noise))
+    two = np.asarray(sample_model(model, num, times=model_sampling_times(model, 2, sigma_data), key=jr.key(6)))
     exact = ExactConsistencyFunction(problem.target, schedule, rtol=1e-5, atol=1e-5)
     exact_imgs = np.asarray(jax.jit(jax.vmap(lambda x: exact(schedule.t_max, x)))(noise))
     train = np.asarray(problem.target.points)
@@ -152,8 +160,33 @@ def projection(problem, model, sigma_data, path, num) -> pathlib.Path:
     return _save(fig, path)
 
 
+def flow_map_error_plot(evaluation: dict | None, path: pathlib.Path) -> pathlib.Path | None:
+    """Heat maps of a flow map's RMS error against the exact jump and of its semigroup defect over (s, t)."""
+    if not evaluation or "flow_map_error" not in evaluation:
+        return None
+    grid = evaluation["flow_map_error"]
+    times = np.asarray(grid["times"])
+    panels = [("error", r"RMS $\|X(s, t, x) - \Phi_{s \to t}(x)\|$"), ("semigroup_defect", "semigroup defect")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, (name, title) in zip(axes, panels):
+        values = np.asarray(grid[name], dtype=np.float64)
+        image = ax.imshow(values, cmap="viridis", origin="upper")
+        labels = [f"{t:.2g}" for t in times]
+        ax.set_xticks(range(len(times)), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(times)), labels, fontsize=7)
+        ax.set_xlabel("to time t")
+        ax.set_ylabel("from time s")
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    return _save(fig, path)
+
+
 def make_figures(model, problem: Problem, history, evaluation, out_dir: pathlib.Path, num: int, sigma_data: float):
-    paths = [loss_curve(history, out_dir / "loss.png"), map_error_plot(evaluation, model, out_dir / "map_error.png")]
+    paths = [
+        loss_curve(history, out_dir / "loss.png"),
+        map_error_plot(evaluation, model, out_dir / "map_error.png"),
+        flow_map_error_plot(evaluation, out_dir / "flow_map_error.png"),
+    ]
     if problem.image_shape is not None:
         paths.append(digits_grid(problem, model, sigma_data, out_dir / "digits.png"))
     elif problem.dim == 2:

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import metrics
 from .._consistency import ExactConsistencyFunction
+from .._flow_maps import AbstractFlowMap
 from .._sampling import sample as sample_model
 from .._schedules import DiscreteVP
 from ..training import fit
@@ -35,10 +36,10 @@ from ._setup import (
     build_method,
     build_problem,
     ConfigError,
+    model_sampling_times,
     options_named,
     resolve_defaults,
     resolve_method,
-    sampling_times,
 )
 
 
@@ -299,7 +300,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     result["w1_exact_ode"] = _w1(lambda r: exact_draws[r], refs[:2])
     sd = train_cfg.model.sigma_data or problem.sigma_data
     for steps in cfg.steps:
-        times = sampling_times(schedule, steps, sd)
+        times = model_sampling_times(model, steps, sd)
         result[f"w1_{steps}step"] = _w1(
             lambda r, times=times: np.asarray(sample_model(model, n, times=times, key=jr.key(40_000 + r))), refs
         )
@@ -316,6 +317,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         )
     errs = metrics.map_error(model, target, ts, num_points=cfg.map_error_points, key=jr.key(50_000))
     result["map_error"] = {f"{float(t):.4g}": float(e) for t, e in zip(ts, errs)}
+    if isinstance(model, AbstractFlowMap):
+        result["flow_map_error"] = _flow_map_grid(model, target, cfg)
     if problem.heldout is not None:
         result["heldout"] = _evaluate_heldout(model, exact_draws[0], problem, cfg, sd)
     path = pathlib.Path(cfg.run) / EVAL
@@ -328,9 +331,36 @@ def evaluate(cfg: EvalConfig) -> dict:
         w = result[f"w1_{steps}step"]
         print(f"  W1 {steps}-step samples       {w:.4f}   ({w / floor:.2f}x floor)")
     print("  map_error per t: " + ", ".join(f"t={k}: {v:.3g}" for k, v in result["map_error"].items()))
+    if "flow_map_error" in result:
+        grid = result["flow_map_error"]
+        errors = [v for row in grid["error"] for v in row if v is not None]
+        defects = [v for row in grid["semigroup_defect"] for v in row if v is not None]
+        print(
+            f"  flow map over {len(errors)} pairs (s > t): RMS error against Phi_(s->t) median {np.median(errors):.3g}, "
+            f"max {max(errors):.3g}; semigroup defect median {np.median(defects):.3g}"
+        )
     if "heldout" in result:
         print("\n".join(heldout_eval.format_table(result["heldout"])))
     return result
+
+
+# The (s, t) grid of a flow map's evaluation on the linear interpolant: denser towards the data end.
+FLOW_MAP_GRID = (1.0, 0.8, 0.6, 0.4, 0.25, 0.1, 0.0)
+
+
+def _flow_map_grid(model, target, cfg: EvalConfig) -> dict:
+    """A flow map's RMS error against the exact jump Phi_{s->t} and its semigroup defect, over every
+    pair s > t of a time grid (rows s, columns t; null where s <= t)."""
+    lo, hi = float(model.schedule.t_min), float(model.schedule.t_max)
+    times = jnp.asarray([lo + f * (hi - lo) for f in FLOW_MAP_GRID])
+    num = cfg.map_error_points
+    error = metrics.flow_map_error(model, target, times, num_points=num, key=jr.key(51_000))
+    defect = metrics.semigroup_defect(model, target, times, num_points=num, key=jr.key(52_000))
+
+    def listed(a):
+        return [[None if np.isnan(v) else float(v) for v in row] for row in a]
+
+    return {"times": np.asarray(times).tolist(), "error": listed(error), "semigroup_defect": listed(defect)}
 
 
 def _evaluate_heldout(model, exact_samples: np.ndarray, problem, cfg: EvalConfig, sigma_data: float) -> dict:
@@ -349,7 +379,7 @@ def _evaluate_heldout(model, exact_samples: np.ndarray, problem, cfg: EvalConfig
     }
     out["exact_ode"] = heldout_eval.sample_metrics(exact_samples[:num], train, heldout, problem.features)
     for steps in cfg.steps:
-        times = sampling_times(model.schedule, steps, sigma_data)
+        times = model_sampling_times(model, steps, sigma_data)
         rows = [
             heldout_eval.sample_metrics(
                 np.asarray(sample_model(model, num, times=times, key=jr.key(70_000 + r))),
@@ -369,7 +399,7 @@ def sample(cfg: SampleConfig) -> pathlib.Path:
     if cfg.num < 1:
         raise ConfigError(f"--num must be at least 1, got {cfg.num}.")
     model = trainer.result(state)
-    times = sampling_times(model.schedule, cfg.steps, train_cfg.model.sigma_data or problem.sigma_data)
+    times = model_sampling_times(model, cfg.steps, train_cfg.model.sigma_data or problem.sigma_data)
     xs = np.asarray(sample_model(model, cfg.num, times=times, key=jr.key(cfg.seed)))
     out = pathlib.Path(cfg.out)
     if out.parent and not out.parent.exists():

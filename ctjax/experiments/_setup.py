@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import pathlib
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -13,15 +14,16 @@ import optax
 
 from .. import presets
 from .._consistency import (
-    AbstractConsistencyModel,
     ConsistencyFunction,
     EDMScalings,
     StagedConsistencyModel,
     TrigFlowScalings,
 )
 from .._custom_types import Data
+from .._flow_maps import AbstractFlowMap, FlowMap
 from .._nets import ConvNet, MLP
-from .._schedules import AbstractSchedule, DiscreteVP, TrigFlow, VarianceExploding
+from .._nets.two_time import TwoTimeMLP
+from .._schedules import AbstractSchedule, DiscreteVP, LinearInterpolant, TrigFlow, VarianceExploding
 from .._split import holdout_split
 from .._targets import AbstractTarget, Empirical, GaussianMixture
 from ..training import (
@@ -35,8 +37,10 @@ from ..training import (
     ect,
     EMATeacher,
     ExactVelocity,
+    FlowMapDistillationTrainer,
     ict,
     Independent,
+    MeanFlowTrainer,
     MinibatchOT,
     OneSample,
     PretrainThenTune,
@@ -44,7 +48,7 @@ from ..training import (
     staged_shared,
     StagedConsistencyTraining,
 )
-from ._config import NO_TEACHER_METHODS, TrainConfig
+from ._config import FLOW_MAP_METHODS, NO_TEACHER_METHODS, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -324,6 +328,9 @@ MEASURED_BEST = {
     "staged": ("reference-batch", 0, "independent"),
     "staged-simultaneous": ("reference-batch", 0, "independent"),
     "staged-shared": ("reference-batch", 4096, "independent"),
+    "meanflow": ("one-sample", None, "independent"),
+    "flow-map-lsd": ("one-sample", None, "independent"),
+    "flow-map-esd": ("one-sample", None, "independent"),
 }
 
 
@@ -339,6 +346,9 @@ MEASURED_BEST_DATA = {
     "staged": ("reference-batch", 0, "independent"),
     "staged-simultaneous": ("reference-batch", 0, "independent"),
     "staged-shared": ("reference-batch", 4096, "independent"),
+    "meanflow": ("one-sample", None, "independent"),
+    "flow-map-lsd": ("one-sample", None, "independent"),
+    "flow-map-esd": ("one-sample", None, "independent"),
 }
 
 
@@ -384,8 +394,8 @@ def no_teacher_options(cfg: TrainConfig, problem: Problem) -> dict:
     return {"velocity_estimate": velocity_estimate, "coupling": MinibatchOT() if coupling == "ot" else Independent()}
 
 
-def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, AbstractConsistencyModel, int]:
-    """(trainer, initial model, number of steps)."""
+def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, Any, int]:
+    """(trainer, initial model: a consistency model, or a flow map for `FLOW_MAP_METHODS`, number of steps)."""
     cfg = resolve_method(cfg)
     options = no_teacher_options(cfg, problem)
     if cfg.steps < 1:
@@ -468,6 +478,12 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
             pretrain = diffusion_pretraining(_optimizer(cfg, c.pretrain_steps), ve)
             return PretrainThenTune(pretrain, trainer, c.pretrain_steps), model, c.pretrain_steps + steps
         return trainer, model, steps
+    if method in FLOW_MAP_METHODS:
+        return (
+            _flow_map_method(cfg, problem, optimizer, options, sigma_data, key),
+            _flow_map(cfg, problem, sigma_data, key),
+            steps,
+        )
     li = li_schedule(cfg)
     if method == "staged-shared":
         model = ConsistencyFunction(_network(cfg, problem, key), li, scalings)
@@ -488,6 +504,37 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
         )
         return trainer, model, per_stage * (li.num_steps - 1)
     return StagedConsistencyTraining(optimizer, mode, steps_per_stage=steps, **options), model, steps
+
+
+def _flow_map(cfg: TrainConfig, problem: Problem, sigma_data: float, key) -> FlowMap:
+    if cfg.model.architecture == "conv":
+        raise ConfigError(
+            f"--method {cfg.method} learns a two-time flow map with an MLP; use --model.architecture mlp."
+        )
+    embedding = "sinusoidal" if cfg.model.embedding == "auto" else cfg.model.embedding  # trained through d/dt
+    net = TwoTimeMLP(
+        problem.dim, default_width(cfg), cfg.model.depth, embedding=embedding, dropout=cfg.model.dropout, key=key
+    )
+    return FlowMap(net, LinearInterpolant(), sigma_data, cfg.flowmap.time_scale)
+
+
+def _flow_map_method(cfg: TrainConfig, problem: Problem, optimizer, options: dict, sigma_data: float, key):
+    """The trainer of a flow-map method, on MeanFlow's linear interpolant."""
+    c = cfg.flowmap
+    common: dict[str, Any] = dict(
+        p_mean=c.p_mean, p_std=c.p_std, weighting_power=c.weighting_power, weighting_eps=c.weighting_eps
+    )
+    if cfg.method == "meanflow":
+        return MeanFlowTrainer(optimizer, None, ratio=c.ratio, **common, **options)
+    if cfg.method == "flow-map-distill":
+        teacher = ExactVelocity(problem.target, LinearInterpolant())
+        return FlowMapDistillationTrainer(
+            optimizer, c.mode, teacher, distillation_weight=c.distillation_weight, **common
+        )
+    mode = "lagrangian" if cfg.method == "flow-map-lsd" else "eulerian"
+    return FlowMapDistillationTrainer(
+        optimizer, mode, None, distillation_weight=c.distillation_weight, **common, **options
+    )
 
 
 def build_mesh(devices: int, batch_size: int):
@@ -518,7 +565,9 @@ def _options_in(cfg: TrainConfig, message: str) -> list[str]:
     words = set(re.findall(r"[A-Za-z_]\w*", message))
     quoted = set(re.findall(r"`(\w+)`", message))
     method = resolve_method(cfg).method or "scd"
-    section = {"sct": "scm", "scd": "scm"}.get(method, method.split("-")[0])
+    section = (
+        "flowmap" if method in FLOW_MAP_METHODS else {"sct": "scm", "scd": "scm"}.get(method, method.split("-")[0])
+    )
     found = []
     for name in (section, "model", "optim"):
         sub = getattr(cfg, name, None)
@@ -543,15 +592,24 @@ def options_named(cfg: TrainConfig):
         raise ConfigError(f"{where}: {err}") from err
 
 
-def sampling_times(schedule: AbstractSchedule, steps: int, sigma_data: float) -> jnp.ndarray:
+def sampling_times(schedule: AbstractSchedule, steps: int, sigma_data: float, *, flow_map: bool = False) -> jnp.ndarray:
     """Times for `steps`-step sampling: t_max, then noise levels 0.6 sigma_d, 0.3 sigma_d, ...
     (for a staged model the nearest stage times). The first intermediate level was chosen by
-    measurement on gmm2d (docs/benchmarks.md): 0.6 sigma_d beat 2 sigma_d and 0.2 sigma_d."""
+    measurement on gmm2d (docs/benchmarks.md): 0.6 sigma_d beat 2 sigma_d and 0.2 sigma_d.
+    A flow map (`flow_map=True`) jumps along the uniform grid t_max, ..., t_min instead: its chain
+    has no re-noising, and MeanFlow samples on that grid."""
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}.")
+    if flow_map:
+        return jnp.linspace(float(schedule.t_max), float(schedule.t_min), steps + 1)[:-1]
     levels = [0.6 * sigma_data * 0.5**j for j in range(steps - 1)]
     times = [float(schedule.t_max)] + [float(schedule.time_at_noise(n)) for n in levels]
     if isinstance(schedule, DiscreteVP):
         times = [float(np.clip(np.round(t), 2, schedule.num_steps)) for t in times]
         times = sorted(set(times), reverse=True)
     return jnp.asarray(times)
+
+
+def model_sampling_times(model, steps: int, sigma_data: float) -> jnp.ndarray:
+    """`sampling_times` for `model`: the uniform grid for a flow map, the re-noising levels otherwise."""
+    return sampling_times(model.schedule, steps, sigma_data, flow_map=isinstance(model, AbstractFlowMap))
