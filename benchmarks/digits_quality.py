@@ -23,15 +23,14 @@ Rows merge into benchmarks/results/digits_quality.json under a lock (runs can go
 """
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
 import json
 import pathlib
 import sys
 import tempfile
 import time
 
+import _results as results
 import jax.random as jr
 import numpy as np
 
@@ -61,30 +60,6 @@ METHODS = ("scd", "cd", "ct", "ict", "ect", "sct", "staged", "staged-simultaneou
 NO_TEACHER = ("ct", "ict", "ect", "sct", "staged", "staged-simultaneous", "staged-shared")
 GRID_SAMPLES = 12
 TUNE_LR = 1e-4  # fm-scd's sCD phase
-
-
-@contextlib.contextmanager
-def locked():
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / ".digits_quality.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def update(fn):
-    with locked():
-        data = json.loads(OUT.read_text()) if OUT.exists() else {"rows": []}
-        fn(data)
-        OUT.write_text(json.dumps(data, indent=1) + "\n")
-
-
-def save_row(row):
-    key = lambda r: (r["method"], r["variant"], r["seed"])
-
-    def add(data):
-        data["rows"] = [r for r in data["rows"] if key(r) != key(row)] + [row]
-
-    update(add)
 
 
 def measure(model, problem, sigma_data, seed) -> dict:
@@ -202,7 +177,7 @@ def run(args):
     problem = build_problem(TrainConfig(preset="digits"))
     if not OUT.exists() or "floor" not in json.loads(OUT.read_text()):
         refs = reference_rows(problem)
-        update(lambda data: data.update(refs))
+        results.update(OUT, lambda data: data.update(refs))
     for seed in args.seeds:
         for method in args.methods:
             variants = args.variants if method in NO_TEACHER else ["default"]
@@ -213,7 +188,7 @@ def run(args):
                 else:
                     row = run_cli_method(method, variant, seed, args.steps)
                 row.update(method=method, variant=variant, seed=seed, steps=args.steps)
-                save_row(row)
+                results.save_row(OUT, row)
                 one, two = row["1step"], row["2step"]
                 fd = lambda m: "out of range" if m["fd"] is None else f"{m['fd']:.2f}"
                 print(

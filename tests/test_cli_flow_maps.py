@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from ctjax.experiments._config import train_config_from_json
+from ctjax.experiments._config import train_config_from_json, TrainConfig
+from ctjax.experiments._setup import resolve_defaults
 
 from .test_cli import _history, _run, TINY
 
@@ -18,8 +19,10 @@ def test_meanflow_trains_evaluates_samples_and_plots(tmp_path, capsys):
     )
     assert code == 0, out
     config = json.loads((run / "config.json").read_text())
-    assert config["method"] == "meanflow" and config["velocity_estimate"] == "one-sample"
-    assert train_config_from_json(config).flowmap.ratio == 0.25
+    # The measured defaults on gmm2d: the reference batch, and the plain squared loss.
+    assert config["method"] == "meanflow" and config["velocity_estimate"] == "reference-batch"
+    assert config["reference_pool"] == 4096 and config["steps"] == 6
+    assert train_config_from_json(config).flowmap.weighting_power == 0.0
     h = _history(run)
     assert h["loss"].shape == (6,) and np.all(np.isfinite(h["loss"])) and "off_diagonal" in h
 
@@ -63,6 +66,13 @@ def test_other_flow_map_methods_train(method, options, metric, tmp_path, capsys)
     assert code == 0, out
     h = _history(run)
     assert h["loss"].shape == (4,) and np.all(np.isfinite(h[metric]))
+
+
+@pytest.mark.parametrize("method, steps", [("meanflow", 40_000), ("flow-map-lsd", 20_000), ("sct", 8000), (None, 8000)])
+def test_default_steps_by_method(method, steps):
+    cfg = resolve_defaults(TrainConfig(method=method))
+    assert cfg.steps == steps
+    assert resolve_defaults(TrainConfig(method=method, steps=12)).steps == 12
 
 
 def test_flow_map_options_are_checked(tmp_path, capsys):

@@ -56,6 +56,7 @@ def test_the_defaults_are_the_measured_best_and_are_saved():
             "staged",
             "scm",
             "ect",
+            "flowmap",
             "data",
             "target",
             "out",
