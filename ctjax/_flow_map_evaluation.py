@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray
 
 from ._flow_maps import AbstractFlowMap, ExactFlowMap
-from ._misc import as_float_array, check_instance
+from ._misc import as_float_array, check_instance, check_time
 from ._targets import AbstractTarget
 
 
@@ -36,11 +36,16 @@ def _defect_at(model, target, s, u, t, num_points: int, batch_size: int, key):
     return jnp.sqrt(jnp.mean(jnp.sum((direct - composed) ** 2, axis=-1)))
 
 
-def _check(model, times):
+def _check(model, target, times):
     check_instance(model, AbstractFlowMap, "model", "a flow map (FlowMap or ExactFlowMap)")
+    check_instance(target, AbstractTarget, "target", "a ctjax target")
+    if target.dim != model.dim:
+        raise ValueError(f"`target` has dimension {target.dim} but the flow map acts on dimension {model.dim}.")
     times = as_float_array(times, "times")
     if times.ndim != 1 or times.shape[0] < 2:
         raise ValueError(f"`times` must be a 1-D array of at least 2 times, got shape {times.shape}.")
+    for t in times:
+        check_time(model.schedule, t, "times")
     return times
 
 
@@ -63,7 +68,7 @@ def flow_map_error(
     **Returns:** a `(len(times), len(times))` NumPy array, row $s$, column $t$; NaN where $s_i \le t_j$.
     The column of `t_min` is `map_error` of the consistency slice.
     """
-    times = _check(model, times)
+    times = _check(model, target, times)
     exact = ExactFlowMap(target, model.schedule, rtol=rtol, atol=atol)
     n = times.shape[0]
     out = np.full((n, n), np.nan)
@@ -94,7 +99,7 @@ def semigroup_defect(
 
     **Returns:** a `(len(times), len(times))` NumPy array; NaN where no grid time lies between.
     """
-    times = _check(model, times)
+    times = _check(model, target, times)
     n = times.shape[0]
     values = [float(v) for v in times]
     out = np.full((n, n), np.nan)

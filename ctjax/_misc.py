@@ -185,6 +185,21 @@ def optional(converter: Callable[[Any], _T]) -> Callable[[Any], _T | None]:
     return lambda value: None if value is None else converter(value)
 
 
+def static_float_in(name: str, low: float, high: float, what: str) -> Callable[[Any], float]:
+    """A converter for a static field that must be a Python float in [low, high] (`what` describes it)."""
+
+    def convert(value: Any) -> float:
+        try:
+            value = float(value)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"`{name}` must be a number, got {type(value).__name__}.") from err
+        if not (low <= value <= high):
+            raise ValueError(f"`{name}` must be {what}, got {value}.")
+        return value
+
+    return convert
+
+
 def static_positive_float(name: str) -> Callable[[Any], float]:
     """A converter for a static field that must be a positive finite Python float."""
 

@@ -94,3 +94,7 @@ def test_flow_map_options_are_checked(tmp_path, capsys):
         capsys,
     )
     assert code != 0 and "--velocity-estimate" in err
+    code, _, err = _run(
+        ["train", "--method", "flow-map-lsd", "--flowmap.mode", "eulerian", "--out", str(tmp_path / "m"), *TINY], capsys
+    )
+    assert code != 0 and "--flowmap.mode does not apply to --method flow-map-lsd" in err

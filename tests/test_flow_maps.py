@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import ctjax
+from ctjax._flow_maps import velocity_scalings
 from ctjax.training import ExactVelocity, fit, FlowMapDistillationTrainer, meanflow, MeanFlowTrainer
 
 from .helpers import all_schedules, gaussian_2d, schedule_ids
@@ -174,6 +175,18 @@ def test_training_moves_the_map_towards_the_exact_flow(make, getkey):
     assert after < 0.35 * before, (before, after)
 
 
+def test_trigflow_velocity_scale_at_the_noise_end_in_float32():
+    """float32 cos(pi/2) < 0 is clipped in alpha, but its derivative stays -sin t: the flow map's output
+    scale at t_max is sigma_d, not 0 (which would make the 1-step jump the identity)."""
+    schedule = ctjax.TrigFlow(0.7)
+    t_max = jnp.float32(schedule.t_max)
+    assert float(schedule.alpha(t_max)) == 0.0
+    _, c_out = velocity_scalings(schedule, 0.7, t_max)
+    np.testing.assert_allclose(c_out, 0.7, rtol=1e-6)
+    _, _, d_alpha, _ = schedule.coefficients(t_max)
+    np.testing.assert_allclose(d_alpha, -1.0, rtol=1e-6)
+
+
 def test_bad_input_names_the_argument(getkey):
     with pytest.raises(TypeError, match="`net`"):
         ctjax.FlowMap(ctjax.MLP(2, key=getkey()), LINEAR)  # pyright: ignore[reportArgumentType]
@@ -193,3 +206,15 @@ def test_bad_input_names_the_argument(getkey):
         ctjax.TwoTimeMLP(2, key=getkey())(jnp.zeros(2), 0.5, jnp.zeros(2))
     with pytest.raises(ValueError, match="`s`"):
         flow_map(getkey())(1.5, 0.0, jnp.zeros(2))
+    with pytest.raises(ValueError, match="`weighting_eps`"):
+        meanflow(optax.adam(1e-3), weighting_eps=0.0)
+    with pytest.raises(ValueError, match="`time_scale`"):
+        ctjax.FlowMap(ctjax.TwoTimeMLP(2, key=getkey()), LINEAR, time_scale=0.0)
+    with pytest.raises(ValueError, match="`times`"):
+        ctjax.metrics.flow_map_error(flow_map(getkey()), gaussian_2d(), jnp.array([1.5, 0.0]), key=getkey())
+    with pytest.raises(ValueError, match="`target` has dimension 3"):
+        target = ctjax.Gaussian(jnp.zeros(3), jnp.eye(3))
+        ctjax.metrics.semigroup_defect(flow_map(getkey()), target, jnp.array([1.0, 0.5, 0.0]), key=getkey())
+    # An integer time is a time, not a truncated t_min (the slice's end is the schedule's own t_min).
+    ve = flow_map(getkey(), schedule=ctjax.VarianceExploding(0.002, 80.0))
+    np.testing.assert_allclose(ctjax.ConsistencySlice(ve)(1, jnp.ones(2)), ve(1.0, 0.002, jnp.ones(2)), rtol=1e-12)

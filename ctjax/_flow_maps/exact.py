@@ -6,7 +6,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._flow import flow_map, gaussian_flow_map, velocity
-from .._misc import as_float_array, check_time
+from .._misc import as_float_array, check_instance, check_time
 from .._schedules import AbstractSchedule
 from .._targets import AbstractTarget, Gaussian
 from .base import AbstractFlowMap
@@ -24,6 +24,10 @@ class ExactFlowMap(AbstractFlowMap):
     schedule: AbstractSchedule
     rtol: float = eqx.field(static=True, default=1e-8)
     atol: float = eqx.field(static=True, default=1e-8)
+
+    def __check_init__(self):
+        check_instance(self.target, AbstractTarget, "target", "a ctjax target")
+        check_instance(self.schedule, AbstractSchedule, "schedule", "a ctjax schedule")
 
     @property
     def dim(self) -> int:
@@ -44,9 +48,11 @@ class ExactFlowMap(AbstractFlowMap):
         x = as_float_array(x, "x")
         s, t = jnp.asarray(s).astype(x.dtype), jnp.asarray(t).astype(x.dtype)
         gap = t - s
-        # Both branches are computed; the safe gap keeps the unused one (and its gradients) finite.
+        # Both branches are computed; dividing by a safe gap keeps the unused one (and its gradients) finite.
+        # On the diagonal the value is the velocity, exact, but its partial derivatives in s and t are not
+        # u's (the total derivative along the diagonal is); every loss multiplies them by t - s = 0 there.
         safe = jnp.where(gap == 0, 1.0, gap)
-        jump = (self._map(s, jnp.where(gap == 0, s + 0.0, t), x) - x) / safe
+        jump = (self._map(s, t, x) - x) / safe
         return jnp.where(gap == 0, velocity(self.target, self.schedule, s, x), jump)
 
     def __call__(

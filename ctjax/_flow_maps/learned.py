@@ -6,7 +6,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._custom_types import RealScalarLike
-from .._misc import as_float_array, check_instance, check_time, finite_field, positive_field
+from .._misc import as_float_array, check_instance, check_time, positive_field
 from .._nets.two_time import AbstractTwoTimeNetwork
 from .._schedules import AbstractSchedule
 from .base import AbstractFlowMap
@@ -41,7 +41,7 @@ class FlowMap(AbstractFlowMap):
     net: AbstractTwoTimeNetwork
     schedule: AbstractSchedule
     sigma_data: RealScalarLike = eqx.field(default=0.5, converter=positive_field("sigma_data"))
-    time_scale: RealScalarLike = eqx.field(default=1.0, converter=finite_field("time_scale"))
+    time_scale: RealScalarLike = eqx.field(default=1.0, converter=positive_field("time_scale"))
 
     def __check_init__(self):
         check_instance(self.net, AbstractTwoTimeNetwork, "net", "a two-time network (TwoTimeMLP)")

@@ -6,7 +6,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._consistency import AbstractConsistencyModel
-from .._misc import check_instance
+from .._misc import as_float_array, check_instance
 from .._schedules import AbstractSchedule
 from .base import AbstractFlowMap
 
@@ -30,7 +30,7 @@ class ConsistencySlice(AbstractConsistencyModel):
         return self.flow_map.dim
 
     def __call__(self, t: ArrayLike, x: ArrayLike, *, key: PRNGKeyArray | None = None) -> Float[Array, " dim"]:
-        t = jnp.asarray(t)
+        t = as_float_array(t, "t")
         return self.flow_map(t, jnp.asarray(self.flow_map.schedule.t_min, t.dtype), x, key=key)
 
     def trainable(self) -> PyTree[bool]:

@@ -1,6 +1,7 @@
 """TrigFlow (Lu and Song 2024)."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
@@ -26,8 +27,10 @@ class TrigFlow(AbstractSchedule):
         return float(jnp.pi / 2)
 
     def alpha(self, t: ArrayLike) -> Array:
-        # cos(pi/2) rounds to a tiny negative number in float32; the signal coefficient is >= 0.
-        return jnp.maximum(jnp.cos(jnp.asarray(t)), 0.0)
+        # cos(pi/2) rounds to a tiny negative number in float32; the signal coefficient is >= 0. The clip
+        # is kept out of the derivative (bit for bit the same value), so that d alpha/dt = -sin t at pi/2 too.
+        c = jnp.cos(jnp.asarray(t))
+        return c - jax.lax.stop_gradient(c - jnp.maximum(c, 0.0))
 
     def sigma(self, t: ArrayLike) -> Array:
         return jnp.asarray(self.sigma_data * jnp.sin(jnp.asarray(t)))

@@ -47,7 +47,9 @@ def loss_curve(history: dict, path: pathlib.Path) -> pathlib.Path | None:
     return _save(fig, path)
 
 
-def map_error_plot(evaluation: dict | None, model: AbstractConsistencyModel, path: pathlib.Path) -> pathlib.Path | None:
+def map_error_plot(
+    evaluation: dict | None, model: AbstractConsistencyModel | AbstractFlowMap, path: pathlib.Path
+) -> pathlib.Path | None:
     if not evaluation or "map_error" not in evaluation:
         return None
     ts = np.array([float(t) for t in evaluation["map_error"]])

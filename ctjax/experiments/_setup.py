@@ -48,7 +48,7 @@ from ..training import (
     staged_shared,
     StagedConsistencyTraining,
 )
-from ._config import DEFAULT_STEPS, FLOW_MAP_METHODS, NO_TEACHER_METHODS, TrainConfig
+from ._config import DEFAULT_STEPS, FLOW_MAP_METHODS, FlowMapConfig, NO_TEACHER_METHODS, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -486,11 +486,7 @@ def build_method(cfg: TrainConfig, problem: Problem) -> tuple[AbstractTrainer, A
             return PretrainThenTune(pretrain, trainer, c.pretrain_steps), model, c.pretrain_steps + steps
         return trainer, model, steps
     if method in FLOW_MAP_METHODS:
-        return (
-            _flow_map_method(cfg, problem, optimizer, options, sigma_data, key),
-            _flow_map(cfg, problem, sigma_data, key),
-            steps,
-        )
+        return _flow_map_method(cfg, problem, optimizer, options), _flow_map(cfg, problem, sigma_data, key), steps
     li = li_schedule(cfg)
     if method == "staged-shared":
         model = ConsistencyFunction(_network(cfg, problem, key), li, scalings)
@@ -525,9 +521,22 @@ def _flow_map(cfg: TrainConfig, problem: Problem, sigma_data: float, key) -> Flo
     return FlowMap(net, LinearInterpolant(), sigma_data, cfg.flowmap.time_scale)
 
 
-def _flow_map_method(cfg: TrainConfig, problem: Problem, optimizer, options: dict, sigma_data: float, key):
+# The --flowmap options that each flow-map method does not use (given one of them, the run stops).
+_UNUSED_FLOW_MAP_OPTIONS = {
+    "meanflow": ("mode", "distillation_weight"),
+    "flow-map-lsd": ("mode", "ratio"),
+    "flow-map-esd": ("mode", "ratio"),
+    "flow-map-distill": ("ratio",),
+}
+
+
+def _flow_map_method(cfg: TrainConfig, problem: Problem, optimizer, options: dict):
     """The trainer of a flow-map method, on MeanFlow's linear interpolant."""
     c = cfg.flowmap
+    defaults = FlowMapConfig()
+    for name in _UNUSED_FLOW_MAP_OPTIONS[cfg.method or ""]:
+        if getattr(c, name) != getattr(defaults, name):
+            raise ConfigError(f"--flowmap.{name.replace('_', '-')} does not apply to --method {cfg.method}.")
     common: dict[str, Any] = dict(
         p_mean=c.p_mean, p_std=c.p_std, weighting_power=c.weighting_power, weighting_eps=c.weighting_eps
     )

@@ -25,8 +25,8 @@ from .._flow_maps import AbstractFlowMap
 from .._misc import check_ema_rate, check_optimizer, check_p_std, choice_field, finite_field
 from ._base import AbstractEMATrainer, TrainState
 from ._coupling import AbstractCoupling, check_coupling, Independent
-from ._flow_map_draw import check_flow_map_model, flow_map_draw
-from ._meanflow import _non_negative, adaptive_weights
+from ._flow_map_draw import check_flow_map_model, check_weighting, flow_map_draw, non_negative_float
+from ._meanflow import adaptive_weights
 from ._pairing import check_velocity
 from ._velocity_estimate import AbstractVelocityEstimate, check_velocity_estimate, OneSample
 
@@ -39,7 +39,8 @@ class FlowMapDistillationTrainer(AbstractEMATrainer):
 
     $\mathcal{L} = E\, w\|u_\theta(s, s, x_s) - v\|^2 + \lambda\, E\, w\|R_\theta(s, t, x_s)\|^2$
 
-    with $x_s = \alpha(s) x_0 + \sigma(s) z$ and pairs $s > t$ from `time_pairs` (all off the diagonal). The
+    with $x_s = \alpha(s) x_0 + \sigma(s) z$ and pairs $s \ge t$ from `time_pairs` (none set to the diagonal;
+    $s = t$ only where both draws clip to an end of the schedule's range). The
     first term is flow matching of the diagonal, on the teacher's velocity or (no teacher) the
     conditional velocity $\dot\alpha x_0 + \dot\sigma z$ or a `velocity_estimate`'s. The residual:
 
@@ -73,14 +74,17 @@ class FlowMapDistillationTrainer(AbstractEMATrainer):
     )
     p_mean: float = eqx.field(default=-0.4, converter=finite_field("p_mean"))
     p_std: float = eqx.field(default=1.0, converter=check_p_std)
-    distillation_weight: float = eqx.field(default=1.0, converter=_non_negative("distillation_weight"), static=True)
-    weighting_power: float = eqx.field(default=0.0, converter=_non_negative("weighting_power"), static=True)
-    weighting_eps: float = eqx.field(default=1e-3, converter=_non_negative("weighting_eps"), static=True)
+    distillation_weight: float = eqx.field(
+        default=1.0, converter=non_negative_float("distillation_weight"), static=True
+    )
+    weighting_power: float = eqx.field(default=0.0, converter=non_negative_float("weighting_power"), static=True)
+    weighting_eps: float = eqx.field(default=1e-3, converter=non_negative_float("weighting_eps"), static=True)
     velocity_estimate: AbstractVelocityEstimate = OneSample()
     coupling: AbstractCoupling = eqx.field(default=Independent(), converter=check_coupling)
     ema_rate: float | None = eqx.field(default=0.999, converter=check_ema_rate)
 
     def __check_init__(self):
+        check_weighting(self.weighting_power, self.weighting_eps)
         check_velocity_estimate(self.velocity_estimate)
         if self.velocity is not None and not isinstance(self.velocity_estimate, OneSample):
             raise ValueError(

@@ -5,10 +5,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 from .._flow_maps import AbstractFlowMap
-from .._misc import check_instance
+from .._misc import check_instance, static_float_in
 from .._schedules import AbstractSchedule
 from ._time_sampling import lognormal_times
 
@@ -62,6 +63,21 @@ def flow_map_draw(
         x0_hat, noise_hat = velocity_estimate.estimate(schedule, s, x_s, batch, noise, key=k_est)
         v = jax.vmap(conditional_velocity, in_axes=(None, 0, 0, 0))(schedule, s, x0_hat, noise_hat)[1]
     return s, t, x_s, jax.lax.stop_gradient(v), jr.split(k_drop, num)
+
+
+def non_negative_float(name: str):
+    """A converter for a static, non-negative, finite float field."""
+    return static_float_in(name, 0.0, float(np.finfo(np.float64).max), "non-negative and finite")
+
+
+def check_weighting(power: float, eps: float) -> None:
+    r"""A ValueError where the adaptive weight $1/(\lVert\Delta\rVert^2 + c)^p$ could divide by zero (a residual
+    that is exactly 0, as at a fresh flow map, with $c = 0$ and $p > 0$)."""
+    if power > 0 and eps == 0:
+        raise ValueError(
+            "`weighting_eps` must be positive when `weighting_power` is: a residual of exactly 0 (a fresh flow "
+            "map's) would get an infinite weight; use weighting_eps=1e-3 (MeanFlow's), or weighting_power=0."
+        )
 
 
 def check_flow_map_model(model: Any, velocity: Any = None) -> AbstractFlowMap:

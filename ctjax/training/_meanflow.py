@@ -22,29 +22,12 @@ from jaxtyping import Array, Int, PRNGKeyArray
 
 from .._custom_types import Batch, Velocity
 from .._flow_maps import AbstractFlowMap
-from .._misc import check_ema_rate, check_optimizer, check_p_std, finite_field
+from .._misc import check_ema_rate, check_optimizer, check_p_std, finite_field, static_float_in
 from ._base import AbstractEMATrainer, TrainState
 from ._coupling import AbstractCoupling, check_coupling, Independent
-from ._flow_map_draw import check_flow_map_model, flow_map_draw
+from ._flow_map_draw import check_flow_map_model, check_weighting, flow_map_draw, non_negative_float
 from ._pairing import check_velocity
 from ._velocity_estimate import AbstractVelocityEstimate, check_velocity_estimate, OneSample
-
-
-def _fraction(value: Any) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`ratio` (the fraction of pairs with s != t) must lie in [0, 1], got {value}.")
-    return value
-
-
-def _non_negative(name: str):
-    def convert(value: Any) -> float:
-        value = float(value)
-        if not (value >= 0.0 and value < float("inf")):
-            raise ValueError(f"`{name}` must be a non-negative finite number, got {value}.")
-        return value
-
-    return convert
 
 
 def adaptive_weights(sq: Array, power: float, eps: float) -> Array:
@@ -89,14 +72,19 @@ class MeanFlowTrainer(AbstractEMATrainer):
     )
     p_mean: float = eqx.field(default=-0.4, converter=finite_field("p_mean"))
     p_std: float = eqx.field(default=1.0, converter=check_p_std)
-    ratio: float = eqx.field(default=0.25, converter=_fraction, static=True)
-    weighting_power: float = eqx.field(default=1.0, converter=_non_negative("weighting_power"), static=True)
-    weighting_eps: float = eqx.field(default=1e-3, converter=_non_negative("weighting_eps"), static=True)
+    ratio: float = eqx.field(
+        default=0.25,
+        converter=static_float_in("ratio", 0.0, 1.0, "a fraction in [0, 1] (of pairs with s != t)"),
+        static=True,
+    )
+    weighting_power: float = eqx.field(default=1.0, converter=non_negative_float("weighting_power"), static=True)
+    weighting_eps: float = eqx.field(default=1e-3, converter=non_negative_float("weighting_eps"), static=True)
     velocity_estimate: AbstractVelocityEstimate = OneSample()
     coupling: AbstractCoupling = eqx.field(default=Independent(), converter=check_coupling)
     ema_rate: float | None = eqx.field(default=0.999, converter=check_ema_rate)
 
     def __check_init__(self):
+        check_weighting(self.weighting_power, self.weighting_eps)
         check_velocity_estimate(self.velocity_estimate)
         if self.velocity is not None and not isinstance(self.velocity_estimate, OneSample):
             raise ValueError(
