@@ -67,13 +67,12 @@ def measure(model, problem, sigma_data, seed) -> dict:
     out = {}
     for steps in (1, 2):
         times = model_sampling_times(model, steps, sigma_data)
-        draws = [
-            np.asarray(sample(model, train_pts.shape[0], times=times, key=jr.key(70_000 + 10 * seed + r)))
-            for r in range(heldout_eval.HELDOUT_REPEATS)
-        ]
-        rows = [heldout_eval.sample_metrics(x, train_pts, held, problem.features) for x in draws]
-        out[f"{steps}step"] = heldout_eval.mean_metrics(rows)
-        out[f"grid_{steps}step"] = np.round(draws[0][:GRID_SAMPLES], 3).tolist()
+        num = train_pts.shape[0]
+        metrics, first = heldout_eval.drawn_metrics(
+            model, times, num, train_pts, held, problem.features, base_seed=70_000 + 10 * seed
+        )
+        out[f"{steps}step"] = metrics
+        out[f"grid_{steps}step"] = np.round(first[:GRID_SAMPLES], 3).tolist()
     return out
 
 

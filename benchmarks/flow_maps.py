@@ -42,7 +42,7 @@ import ctjax
 from ctjax import metrics
 from ctjax.experiments._cli import parse
 from ctjax.experiments._config import FLOW_MAP_METHODS
-from ctjax.experiments._run import FLOW_MAP_GRID, load_run, train
+from ctjax.experiments._run import FLOW_MAP_GRID, flow_map_grid, load_run, train
 from ctjax.experiments._setup import model_sampling_times
 
 
@@ -66,10 +66,6 @@ def floor(target) -> float:
     return float(np.mean([w1(target.sample(jr.key(400 + r), POINTS), refs[r]) for r in range(FLOOR_REPEATS)]))
 
 
-def listed(a):
-    return [[None if np.isnan(v) else float(v) for v in row] for row in np.asarray(a)]
-
-
 def spread(x, means) -> float:
     """The mean squared distance of the points to their nearest mixture mean."""
     d2 = ((np.asarray(x)[:, None, :] - np.asarray(means)[None]) ** 2).sum(-1)
@@ -87,12 +83,9 @@ def measure(model, target, sigma_data, w1_floor, repeats) -> dict:
         # Below 1: the samples sit closer to the mixture means than the data do (under-dispersed). A finite-
         # sample W1 rewards that (it can then fall below the floor), so it is reported beside it.
         out[f"spread_{steps}step_ratio"] = float(np.mean([spread(x, target.means) for x in draws]) / data_spread)
-    times = jnp.asarray(FLOW_MAP_GRID)
     if isinstance(model, ctjax.AbstractFlowMap):
-        out["error"] = listed(metrics.flow_map_error(model, target, times, num_points=GRID_POINTS, key=jr.key(7)))
-        out["semigroup_defect"] = listed(
-            metrics.semigroup_defect(model, target, times, num_points=GRID_POINTS, key=jr.key(8))
-        )
+        grid = flow_map_grid(model, target, GRID_POINTS, seeds=(7, 8))
+        out["error"], out["semigroup_defect"] = grid["error"], grid["semigroup_defect"]
     else:  # a consistency model has only the column t = t_min; its times are those of its schedule
         lo, hi = float(model.schedule.t_min), float(model.schedule.t_max)
         own = jnp.asarray([lo + f * (hi - lo) for f in FLOW_MAP_GRID[:-1]])

@@ -13,12 +13,15 @@ from ._misc import as_float_array
 from ._targets import AbstractTarget
 
 
-def _map_error_at(model, exact, target, t, num_points: int, batch_size: int, key):
-    schedule = model.schedule
+def marginal_draw(target, schedule, t, num_points: int, key):
+    """`num_points` draws of $X_t = \alpha(t) x_0 + \\sigma(t) z$ from the true marginal at `t`."""
     k_data, k_noise = jr.split(key)
     x0 = target.sample(k_data, num_points)
-    dtype = x0.dtype
-    xt = schedule.interpolate(t, x0, jr.normal(k_noise, x0.shape, dtype))
+    return schedule.interpolate(t, x0, jr.normal(k_noise, x0.shape, x0.dtype))
+
+
+def _map_error_at(model, exact, target, t, num_points: int, batch_size: int, key):
+    xt = marginal_draw(target, model.schedule, t, num_points, key)
 
     def both(x):
         return model(t, x), exact(t, x)

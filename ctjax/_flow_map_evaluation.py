@@ -7,27 +7,22 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray
 
+from ._evaluation import marginal_draw
 from ._flow_maps import AbstractFlowMap, ExactFlowMap
 from ._misc import as_float_array, check_instance, check_time
 from ._targets import AbstractTarget
 
 
-def _marginal(target, schedule, s, num_points, key):
-    k_data, k_noise = jr.split(key)
-    x0 = target.sample(k_data, num_points)
-    return schedule.interpolate(s, x0, jr.normal(k_noise, x0.shape, x0.dtype))
-
-
 @eqx.filter_jit
 def _error_at(model, exact, target, s, t, num_points: int, batch_size: int, key):
-    xs = _marginal(target, model.schedule, s, num_points, key)
+    xs = marginal_draw(target, model.schedule, s, num_points, key)
     pred, true = jax.lax.map(lambda x: (model(s, t, x), exact(s, t, x)), xs, batch_size=batch_size)
     return jnp.sqrt(jnp.mean(jnp.sum((pred - true) ** 2, axis=-1)))
 
 
 @eqx.filter_jit
 def _defect_at(model, target, s, u, t, num_points: int, batch_size: int, key):
-    xs = _marginal(target, model.schedule, s, num_points, key)
+    xs = marginal_draw(target, model.schedule, s, num_points, key)
 
     def both(x):
         return model(s, t, x), model(u, t, model(s, u, x))

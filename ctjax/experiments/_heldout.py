@@ -1,9 +1,11 @@
 """`ctjax eval` on a data set: samples against the held-out split, each metric beside its floor."""
 
+import jax.random as jr
 import numpy as np
 
 from .. import metrics
 from .._digits_features import confidence_of, digits_outputs
+from .._sampling import sample
 
 
 # Sample sets whose metrics are averaged over this many draws (the floor's train subsample included).
@@ -45,6 +47,15 @@ def mean_metrics(rows: list[dict]) -> dict:
         name: None if any(r[name] is None for r in rows) else float(np.mean([r[name] for r in rows]))
         for name in rows[0]
     }
+
+
+def drawn_metrics(
+    model, times, num: int, train: np.ndarray, heldout: np.ndarray, features: str | None, base_seed: int = 70_000
+) -> tuple[dict, np.ndarray]:
+    """The mean `sample_metrics` of `HELDOUT_REPEATS` draws of `num` samples at `times` (keys
+    `base_seed + r`), and the first draw."""
+    draws = [np.asarray(sample(model, num, times=times, key=jr.key(base_seed + r))) for r in range(HELDOUT_REPEATS)]
+    return mean_metrics([sample_metrics(x, train, heldout, features) for x in draws]), draws[0]
 
 
 def floor_metrics(

@@ -318,7 +318,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     errs = metrics.map_error(model, target, ts, num_points=cfg.map_error_points, key=jr.key(50_000))
     result["map_error"] = {f"{float(t):.4g}": float(e) for t, e in zip(ts, errs)}
     if isinstance(model, AbstractFlowMap):
-        result["flow_map_error"] = _flow_map_grid(model, target, cfg)
+        result["flow_map_error"] = flow_map_grid(model, target, cfg.map_error_points)
     if problem.heldout is not None:
         result["heldout"] = _evaluate_heldout(model, exact_draws[0], problem, cfg, sd)
     path = pathlib.Path(cfg.run) / EVAL
@@ -348,14 +348,13 @@ def evaluate(cfg: EvalConfig) -> dict:
 FLOW_MAP_GRID = (1.0, 0.8, 0.6, 0.4, 0.25, 0.1, 0.0)
 
 
-def _flow_map_grid(model, target, cfg: EvalConfig) -> dict:
-    """A flow map's RMS error against the exact jump Phi_{s->t} and its semigroup defect, over every
-    pair s > t of a time grid (rows s, columns t; null where s <= t)."""
+def flow_map_grid(model, target, num_points: int, seeds: tuple[int, int] = (51_000, 52_000)) -> dict:
+    """A flow map's RMS error against the exact jump Phi_{s->t} and its semigroup defect (drawn with
+    the keys of `seeds`), over every pair s > t of `FLOW_MAP_GRID` (rows s, columns t; null where s <= t)."""
     lo, hi = float(model.schedule.t_min), float(model.schedule.t_max)
     times = jnp.asarray([lo + f * (hi - lo) for f in FLOW_MAP_GRID])
-    num = cfg.map_error_points
-    error = metrics.flow_map_error(model, target, times, num_points=num, key=jr.key(51_000))
-    defect = metrics.semigroup_defect(model, target, times, num_points=num, key=jr.key(52_000))
+    error = metrics.flow_map_error(model, target, times, num_points=num_points, key=jr.key(seeds[0]))
+    defect = metrics.semigroup_defect(model, target, times, num_points=num_points, key=jr.key(seeds[1]))
 
     def listed(a):
         return [[None if np.isnan(v) else float(v) for v in row] for row in a]
@@ -380,16 +379,7 @@ def _evaluate_heldout(model, exact_samples: np.ndarray, problem, cfg: EvalConfig
     out["exact_ode"] = heldout_eval.sample_metrics(exact_samples[:num], train, heldout, problem.features)
     for steps in cfg.steps:
         times = model_sampling_times(model, steps, sigma_data)
-        rows = [
-            heldout_eval.sample_metrics(
-                np.asarray(sample_model(model, num, times=times, key=jr.key(70_000 + r))),
-                train,
-                heldout,
-                problem.features,
-            )
-            for r in range(heldout_eval.HELDOUT_REPEATS)
-        ]
-        out[f"{steps}step"] = heldout_eval.mean_metrics(rows)
+        out[f"{steps}step"], _ = heldout_eval.drawn_metrics(model, times, num, train, heldout, problem.features)
     return out
 
 

@@ -25,10 +25,10 @@ from .._flow_maps import AbstractFlowMap
 from .._misc import check_ema_rate, check_optimizer, check_p_std, choice_field, finite_field
 from ._base import AbstractEMATrainer, TrainState
 from ._coupling import AbstractCoupling, check_coupling, Independent
-from ._flow_map_draw import check_flow_map_model, check_weighting, flow_map_draw, non_negative_float
+from ._flow_map_draw import check_estimate, check_flow_map_model, check_weighting, flow_map_draw, non_negative_float
 from ._meanflow import adaptive_weights
 from ._pairing import check_velocity
-from ._velocity_estimate import AbstractVelocityEstimate, check_velocity_estimate, OneSample
+from ._velocity_estimate import AbstractVelocityEstimate, OneSample
 
 
 MODES = ("lagrangian", "eulerian")
@@ -85,12 +85,7 @@ class FlowMapDistillationTrainer(AbstractEMATrainer):
 
     def __check_init__(self):
         check_weighting(self.weighting_power, self.weighting_eps)
-        check_velocity_estimate(self.velocity_estimate)
-        if self.velocity is not None and not isinstance(self.velocity_estimate, OneSample):
-            raise ValueError(
-                "`velocity_estimate` replaces the teacher; with a teacher `velocity` use OneSample(), "
-                "or velocity=None to self-distil."
-            )
+        check_estimate(self.velocity, self.velocity_estimate)
 
     def init(self, model: Any, *, key: PRNGKeyArray) -> TrainState:
         """The initial state for a flow map `model` (a TypeError for any other model)."""
@@ -109,7 +104,6 @@ class FlowMapDistillationTrainer(AbstractEMATrainer):
         key: PRNGKeyArray,
     ) -> tuple[Array, dict[str, Array]]:
         """The mean loss over `batch` `(B, dim)`; no `extra` state, no stored `teacher`."""
-        estimate = None if isinstance(self.velocity_estimate, OneSample) else self.velocity_estimate
         s, t, x_s, v, drop_keys = flow_map_draw(
             model,
             batch,
@@ -118,7 +112,7 @@ class FlowMapDistillationTrainer(AbstractEMATrainer):
             p_std=self.p_std,
             ratio=1.0,
             velocity=self.velocity,
-            velocity_estimate=estimate,
+            velocity_estimate=self.velocity_estimate,
             coupling=self.coupling,
         )
         frozen = jax.lax.stop_gradient(model)
@@ -138,7 +132,9 @@ class FlowMapDistillationTrainer(AbstractEMATrainer):
                 end, d_end = jax.jvp(lambda b: jump(s_, b, x_), (t_,), (jnp.ones_like(t_),))
                 residual = d_end - v_hat(t_, jax.lax.stop_gradient(end))
             else:
-                _, residual = jax.jvp(lambda a, y: jump(a, t_, y), (s_, x_), (jnp.ones_like(s_), v_hat(s_, x_)))
+                # With a teacher, v_ is already its velocity at (s, x_s): no second evaluation.
+                tangent = v_ if self.velocity is not None else v_hat(s_, x_)
+                _, residual = jax.jvp(lambda a, y: jump(a, t_, y), (s_, x_), (jnp.ones_like(s_), tangent))
             return diagonal, jnp.sum(residual**2)
 
         diagonal, residual = jax.vmap(per_example)(s, t, x_s, v, drop_keys)

@@ -12,6 +12,7 @@ from .._flow_maps import AbstractFlowMap
 from .._misc import check_instance, static_float_in
 from .._schedules import AbstractSchedule
 from ._time_sampling import lognormal_times
+from ._velocity_estimate import check_velocity_estimate, OneSample
 
 
 def time_pairs(
@@ -49,7 +50,8 @@ def flow_map_draw(
 ) -> tuple[Array, Array, Array, Array, PRNGKeyArray]:
     r"""One batch of `(s, t, x_s, v, drop_keys)`: `time_pairs`, points on the interpolant, and the
     velocity at $(s, x_s)$: a teacher's `velocity(s, x_s)`, or without one the conditional velocity of
-    the pair $(x_0, z)$ or of a `velocity_estimate`'s $(\hat x_0, \hat z)$ (under stop-gradient)."""
+    the pair $(x_0, z)$ or of a `velocity_estimate`'s $(\hat x_0, \hat z)$ (under stop-gradient;
+    `OneSample()`, like None, keeps the pair's own)."""
     schedule, dtype, num = model.schedule, batch.dtype, batch.shape[0]
     k_time, k_noise, k_drop, k_est = jr.split(key, 4)
     s, t = time_pairs(k_time, num, schedule, p_mean, p_std, ratio, dtype)
@@ -59,7 +61,7 @@ def flow_map_draw(
     x_s, v = jax.vmap(conditional_velocity, in_axes=(None, 0, 0, 0))(schedule, s, batch, noise)
     if velocity is not None:
         v = jax.vmap(velocity)(s, x_s).astype(dtype)
-    elif velocity_estimate is not None:
+    elif velocity_estimate is not None and not isinstance(velocity_estimate, OneSample):
         x0_hat, noise_hat = velocity_estimate.estimate(schedule, s, x_s, batch, noise, key=k_est)
         v = jax.vmap(conditional_velocity, in_axes=(None, 0, 0, 0))(schedule, s, x0_hat, noise_hat)[1]
     return s, t, x_s, jax.lax.stop_gradient(v), jr.split(k_drop, num)
@@ -77,6 +79,17 @@ def check_weighting(power: float, eps: float) -> None:
         raise ValueError(
             "`weighting_eps` must be positive when `weighting_power` is: a residual of exactly 0 (a fresh flow "
             "map's) would get an infinite weight; use weighting_eps=1e-3 (MeanFlow's), or weighting_power=0."
+        )
+
+
+def check_estimate(velocity: Any, estimate: Any) -> None:
+    """A TypeError unless `estimate` is a velocity estimate; a ValueError for one other than `OneSample`
+    beside a teacher `velocity` (the estimate replaces the teacher in training without one)."""
+    check_velocity_estimate(estimate)
+    if velocity is not None and not isinstance(estimate, OneSample):
+        raise ValueError(
+            "`velocity_estimate` replaces the teacher; with a teacher `velocity` use OneSample(), "
+            "or velocity=None to train without one."
         )
 
 

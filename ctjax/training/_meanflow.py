@@ -25,9 +25,9 @@ from .._flow_maps import AbstractFlowMap
 from .._misc import check_ema_rate, check_optimizer, check_p_std, finite_field, static_float_in
 from ._base import AbstractEMATrainer, TrainState
 from ._coupling import AbstractCoupling, check_coupling, Independent
-from ._flow_map_draw import check_flow_map_model, check_weighting, flow_map_draw, non_negative_float
+from ._flow_map_draw import check_estimate, check_flow_map_model, check_weighting, flow_map_draw, non_negative_float
 from ._pairing import check_velocity
-from ._velocity_estimate import AbstractVelocityEstimate, check_velocity_estimate, OneSample
+from ._velocity_estimate import AbstractVelocityEstimate, OneSample
 
 
 def adaptive_weights(sq: Array, power: float, eps: float) -> Array:
@@ -85,12 +85,7 @@ class MeanFlowTrainer(AbstractEMATrainer):
 
     def __check_init__(self):
         check_weighting(self.weighting_power, self.weighting_eps)
-        check_velocity_estimate(self.velocity_estimate)
-        if self.velocity is not None and not isinstance(self.velocity_estimate, OneSample):
-            raise ValueError(
-                "`velocity_estimate` replaces the teacher; with a teacher `velocity` use OneSample(), "
-                "or velocity=None to train without one."
-            )
+        check_estimate(self.velocity, self.velocity_estimate)
 
     def init(self, model: Any, *, key: PRNGKeyArray) -> TrainState:
         """The initial state for a flow map `model` (a TypeError for any other model)."""
@@ -109,7 +104,6 @@ class MeanFlowTrainer(AbstractEMATrainer):
         key: PRNGKeyArray,
     ) -> tuple[Array, dict[str, Array]]:
         """The mean MeanFlow loss over `batch` `(B, dim)`; no `extra` state, no stored `teacher`."""
-        estimate = None if isinstance(self.velocity_estimate, OneSample) else self.velocity_estimate
         s, t, x_s, v, drop_keys = flow_map_draw(
             model,
             batch,
@@ -118,7 +112,7 @@ class MeanFlowTrainer(AbstractEMATrainer):
             p_std=self.p_std,
             ratio=self.ratio,
             velocity=self.velocity,
-            velocity_estimate=estimate,
+            velocity_estimate=self.velocity_estimate,
             coupling=self.coupling,
         )
 
