@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from ctjax.experiments._config import train_config_from_json, TrainConfig
+from ctjax.experiments._run import load_run
 from ctjax.experiments._setup import resolve_defaults
+from ctjax.training import FlowMapDistillationTrainer
 
 from .test_cli import _history, _run, TINY
 
@@ -51,21 +53,29 @@ def test_meanflow_trains_evaluates_samples_and_plots(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "method, options, metric",
+    "method, options, weight, mode, pool",
     [
-        ("flow-map-lsd", ["--flowmap.distillation-weight", "0.5"], "diagonal"),
-        ("flow-map-esd", ["--velocity-estimate", "reference-batch", "--reference-pool", "64"], "residual"),
-        ("flow-map-distill", ["--flowmap.mode", "eulerian"], "residual"),
+        ("flow-map-lsd", ["--flowmap.distillation-weight", "0.5"], 0.5, "lagrangian", 4096),
+        ("flow-map-esd", ["--velocity-estimate", "reference-batch", "--reference-pool", "64"], 1.0, "eulerian", 64),
+        ("flow-map-distill", ["--flowmap.mode", "eulerian"], 1.0, "eulerian", None),
     ],
 )
-def test_other_flow_map_methods_train(method, options, metric, tmp_path, capsys):
+def test_other_flow_map_methods_train(method, options, weight, mode, pool, tmp_path, capsys):
     run = tmp_path / method
     code, out, _ = _run(
         ["train", "--method", method, "--steps", "4", "--chunk-size", "2", "--out", str(run), *options, *TINY], capsys
     )
     assert code == 0, out
+    # The options reach the trainer the run rebuilds.
+    _, _, trainer, _ = load_run(run)
+    assert isinstance(trainer, FlowMapDistillationTrainer)
+    assert (trainer.mode, trainer.distillation_weight) == (mode, weight)
+    assert (trainer.velocity is not None) == (method == "flow-map-distill")
+    assert getattr(trainer.velocity_estimate, "pool_size", None) == pool
+    # Unweighted (the default p = 0), the loss is the diagonal term plus the weighted map term, step by step.
     h = _history(run)
-    assert h["loss"].shape == (4,) and np.all(np.isfinite(h[metric]))
+    assert h["loss"].shape == (4,) and np.all(np.isfinite(h["loss"]))
+    np.testing.assert_allclose(h["loss"], h["diagonal"] + weight * h["residual"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("method, steps", [("meanflow", 40_000), ("flow-map-lsd", 20_000), ("sct", 8000), (None, 8000)])
